@@ -1,0 +1,1 @@
+"""DreamZero world-action model in JAX / Flax NNX."""
