@@ -1,0 +1,65 @@
+"""The teacher-forcing flow-matching loss of DreamZero (video + action), as in the reference."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from dreamzero_policy.models.dit import CausalWanDiT, Register
+from dreamzero_policy.schedulers.flow_matching import FlowMatchSchedule
+
+
+class TrainBatch(NamedTuple):
+    """Encoder outputs and targets for one teacher-forcing step (frozen encoders already applied)."""
+
+    latents: jax.Array  # (B, F, H, W, C) clean, normalised VAE latents
+    text: jax.Array  # (B, Lt, text_dim) umT5 states, zeroed past each prompt
+    actions: jax.Array  # (B, Na, action_dim) normalised to [-1, 1], padded to action_dim
+    action_mask: jax.Array  # (B, Na, action_dim) 1 on real action dims / steps
+    state: jax.Array  # (B, Ns, state_dim) padded
+    embodiment: jax.Array  # (B,) int32
+    has_real_action: jax.Array  # (B,) 1.0 / 0.0
+    clip: jax.Array | None = None  # (B, Li, image_dim)
+    y: jax.Array | None = None  # (B, F, H, W, Cy) first-frame conditioning (14B I2V)
+
+
+class LossOutput(NamedTuple):
+    loss: jax.Array
+    video_loss: jax.Array
+    action_loss: jax.Array
+
+
+def teacher_forcing_loss(
+    model: CausalWanDiT, batch: TrainBatch, key: jax.Array, schedule: FlowMatchSchedule
+) -> LossOutput:
+    """x_t = (1 - s) x0 + s * noise, target = noise - x0; per-block timestep ids shared by the block's
+    frames and actions (frame 0 independent); weighted MSE as the reference: video MSE averaged over
+    (H, W, C) per frame, action MSE masked and averaged over dims per token, each times its timestep's
+    training weight, then averaged."""
+    cfg = model.cfg
+    b, f = batch.latents.shape[:2]
+    nb = (f - 1) // cfg.frames_per_block
+    k_t, k_nv, k_na = jax.random.split(key, 3)
+    video_ids, action_ids = schedule.sample_blockwise_timestep_ids(
+        k_t, b, nb, cfg.frames_per_block, cfg.actions_per_block
+    )
+    noise_v = jax.random.normal(k_nv, batch.latents.shape, jnp.float32)
+    noise_a = jax.random.normal(k_na, batch.actions.shape, jnp.float32)
+    x0_v = batch.latents.astype(jnp.float32)
+    x0_a = batch.actions.astype(jnp.float32)
+    noisy_v = schedule.add_noise(x0_v, noise_v, video_ids)
+    noisy_a = schedule.add_noise(x0_a, noise_a, action_ids)
+
+    reg = Register(noisy_a, schedule.timestep(action_ids), batch.state, batch.embodiment)
+    pred_v, pred_a = model.forward_train(
+        noisy_v, x0_v, schedule.timestep(video_ids), reg, batch.text, batch.clip, batch.y
+    )
+
+    mse_v = jnp.mean(jnp.square(pred_v - schedule.velocity_target(x0_v, noise_v)), axis=(2, 3, 4))
+    video_loss = jnp.mean(mse_v * schedule.training_weight(video_ids))
+    sq_a = jnp.square(pred_a - schedule.velocity_target(x0_a, noise_a)) * batch.action_mask
+    sq_a = sq_a * batch.has_real_action[:, None, None]
+    action_loss = jnp.mean(jnp.mean(sq_a, axis=2) * schedule.training_weight(action_ids))
+    return LossOutput(video_loss + action_loss, video_loss, action_loss)
