@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from dreamzero_policy.nn.embeddings import sin_cos_encoding
@@ -58,6 +59,7 @@ def check_embodiment_ids(cat_ids: jax.Array, batch: int, num_categories: int) ->
     if cat_ids.shape != (batch,):
         raise ValueError(f"embodiment_id must have shape ({batch},), got {cat_ids.shape}")
     if not isinstance(cat_ids, jax.core.Tracer):
-        lo, hi = int(jnp.min(cat_ids)), int(jnp.max(cat_ids))
+        ids = np.asarray(cat_ids)  # host-side: jnp ops here would be staged inside an enclosing trace
+        lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= num_categories:
             raise ValueError(f"embodiment_id must be in [0, {num_categories}), got range [{lo}, {hi}]")

@@ -1,0 +1,170 @@
+"""``DreamZeroJaxConfig``: the LeRobot face of the policy (``--policy.type=dreamzero_jax``).
+
+Every field has a default so ``--policy.type=dreamzero_jax`` parses alone. The model itself is a named
+preset (``dreamzero_policy.models.presets``) plus the few fields a fine-tune may change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from lerobot.configs.policies import PreTrainedConfig
+from lerobot.configs.types import FeatureType, NormalizationMode
+from lerobot.optim.optimizers import AdamWConfig
+from lerobot.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
+
+from dreamzero_policy.models.presets import ModelConfig, get_preset
+
+# The standard Wan2.1 negative prompt used by the reference for classifier-free guidance.
+WAN_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
+    "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，"
+    "杂乱的背景，三条腿，背景人很多，倒着走"
+)
+REFERENCE_DIT_STEPS = (0, 1, 2, 6, 10, 13, 14, 15)
+
+
+@PreTrainedConfig.register_subclass("dreamzero_jax")
+@dataclass
+class DreamZeroJaxConfig(PreTrainedConfig):
+    # model
+    preset: str = "tiny"
+    num_embodiments: int | None = None  # None: the preset's; raise it to add embodiments when fine-tuning
+    embodiment_id: int = 0
+    tokenizer_dir: str | None = None  # local HF tokenizer directory (real checkpoints); None: byte tokenizer
+    dtype: str = "float32"  # compute dtype of the DiT ("bfloat16" on accelerators)
+    attention_impl: str = "xla"  # "xla" (dense reference) or "cudnn"
+
+    # action chunking
+    n_obs_steps: int = 1
+    n_action_steps: int = 0  # actions executed before re-planning; 0 = the whole chunk
+    relative_action_dims: list[int] = field(default_factory=list)  # action dims predicted relative to state
+    max_chunks_before_reset: int = 4  # the context resets after this many chunks (reference: 4)
+
+    # sampling
+    num_inference_steps: int = 16
+    dit_steps: list[int] | None = None  # steps that run the DiT (others reuse the last velocity); None = all
+    sigma_shift: float = 5.0
+    cfg_scale: float = 5.0  # guidance on video only; actions come from the conditional branch
+    negative_prompt: str = WAN_NEGATIVE_PROMPT
+    seed: int = 0
+
+    # cameras: which image features, in which order, tiled into one frame of tile_height x tile_width
+    cameras: list[str] | None = None  # None: every image feature, sorted by key
+    view_height: int = 32
+    view_width: int = 32
+    tiling: str = "row"  # "row": views side by side; "droid": first view stretched on top, others below
+
+    normalization_mapping: dict[str, NormalizationMode] = field(
+        default_factory=lambda: {
+            "VISUAL": NormalizationMode.IDENTITY,
+            "STATE": NormalizationMode.QUANTILES,
+            "ACTION": NormalizationMode.QUANTILES,
+        }
+    )
+
+    # LeRobot training presets (our own trainer is `dreamzero-train`)
+    optimizer_lr: float = 1e-4
+    optimizer_weight_decay: float = 1e-5
+    scheduler_warmup_steps: int = 100
+    scheduler_decay_steps: int = 10000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        mc = self.model_config()  # raises for an unknown preset
+        if self.n_action_steps < 0 or self.n_action_steps > self.chunk_size:
+            raise ValueError(f"n_action_steps={self.n_action_steps} must be in [0, chunk_size={self.chunk_size}]")
+        if not 0 <= self.embodiment_id < mc.dit.num_embodiments:
+            raise ValueError(f"embodiment_id={self.embodiment_id} not in [0, {mc.dit.num_embodiments})")
+        if self.dit_steps is not None and (
+            not self.dit_steps or 0 not in self.dit_steps
+            or any(not 0 <= s < self.num_inference_steps for s in self.dit_steps)
+        ):
+            raise ValueError(f"dit_steps must include step 0 and lie in [0, {self.num_inference_steps}): {self.dit_steps}")
+        if self.tiling not in ("row", "droid"):
+            raise ValueError(f"tiling must be 'row' or 'droid', got {self.tiling!r}")
+        if self.max_chunks_before_reset < 1:
+            raise ValueError("max_chunks_before_reset must be >= 1")
+
+    # ------------------------------------------------------------------ derived
+    def model_config(self) -> ModelConfig:
+        overrides = {"dtype": self.dtype, "attention": self.attention_impl}
+        if self.num_embodiments is not None:
+            overrides["num_embodiments"] = self.num_embodiments
+        return get_preset(self.preset, **overrides)
+
+    @property
+    def chunk_size(self) -> int:
+        return get_preset(self.preset).dit.actions_per_block
+
+    @property
+    def actions_per_plan(self) -> int:
+        return self.n_action_steps or self.chunk_size
+
+    @property
+    def frames_per_chunk(self) -> int:
+        """Video frames that make one block of latent frames (4 per latent frame)."""
+        return 4 * get_preset(self.preset).dit.frames_per_block
+
+    @property
+    def camera_keys(self) -> list[str]:
+        keys = sorted(self.image_features)
+        if self.cameras is None:
+            return keys
+        return [c if c.startswith("observation.") else f"observation.images.{c}" for c in self.cameras]
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        n = max(1, len(self.camera_keys))
+        if self.tiling == "row":
+            return self.view_height, self.view_width * n
+        return (self.view_height * 2, self.view_width * max(1, n - 1)) if n > 1 else (self.view_height, self.view_width)
+
+    def validate_features(self) -> None:
+        mc = self.model_config()
+        if not self.image_features:
+            raise ValueError("dreamzero_jax needs at least one camera (an image input feature)")
+        missing = [c for c in self.camera_keys if c not in self.image_features]
+        if missing:
+            raise ValueError(f"cameras {missing} are not image features; have {sorted(self.image_features)}")
+        if self.robot_state_feature is None:
+            raise ValueError("dreamzero_jax needs the robot state feature 'observation.state'")
+        if self.action_feature is None:
+            raise ValueError("dreamzero_jax needs an 'action' output feature")
+        a, s = self.action_feature.shape[0], self.robot_state_feature.shape[0]
+        if a > mc.dit.action_dim:
+            raise ValueError(f"action dim {a} exceeds the model's padded action_dim {mc.dit.action_dim}")
+        if s > mc.dit.state_dim:
+            raise ValueError(f"state dim {s} exceeds the model's padded state_dim {mc.dit.state_dim}")
+        bad = [d for d in self.relative_action_dims if not (0 <= d < min(a, s))]
+        if bad:
+            raise ValueError(f"relative_action_dims {bad} must index both action (dim {a}) and state (dim {s})")
+        for key in self.camera_keys:
+            ft = self.image_features[key]
+            if ft.type is not FeatureType.VISUAL or len(ft.shape) != 3:
+                raise ValueError(f"{key} must be a (C, H, W) visual feature, got {ft}")
+
+    # ------------------------------------------------------------------ LeRobot hooks
+    def get_optimizer_preset(self) -> AdamWConfig:
+        return AdamWConfig(lr=self.optimizer_lr, betas=(0.95, 0.999), weight_decay=self.optimizer_weight_decay)
+
+    def get_scheduler_preset(self) -> CosineDecayWithWarmupSchedulerConfig:
+        return CosineDecayWithWarmupSchedulerConfig(
+            num_warmup_steps=self.scheduler_warmup_steps, num_decay_steps=self.scheduler_decay_steps,
+            peak_lr=self.optimizer_lr, decay_lr=self.optimizer_lr * 0.1,
+        )
+
+    @property
+    def observation_delta_indices(self) -> None:
+        return None
+
+    @property
+    def action_delta_indices(self) -> list[int]:
+        return list(range(self.chunk_size))
+
+    @property
+    def reward_delta_indices(self) -> None:
+        return None
+
+    def with_preset(self, preset: str) -> DreamZeroJaxConfig:
+        return replace(self, preset=preset)
