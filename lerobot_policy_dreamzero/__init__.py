@@ -1,1 +1,7 @@
-from dreamzero_policy import *  # noqa: F401,F403  (LeRobot imports lerobot_policy_* distributions)
+"""Imported by LeRobot's plugin discovery (distributions named ``lerobot_policy_*``): registers
+``--policy.type=dreamzero_jax`` and the ``--env.type=dz_reach`` / ``dz_reach_arm`` simulators."""
+
+import envs.lerobot_config  # noqa: F401
+from dreamzero_policy.configuration_dreamzero import DreamZeroJaxConfig  # noqa: F401
+from dreamzero_policy.modeling_dreamzero import DreamZeroJaxPolicy  # noqa: F401
+from dreamzero_policy.processor_dreamzero import make_dreamzero_jax_pre_post_processors  # noqa: F401

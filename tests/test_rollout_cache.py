@@ -26,7 +26,8 @@ def setup():
     ids, m = tok(["move to the red target", "move to the blue target"])
     nids, nm = tok(["", ""])
     frame = jax.random.uniform(jax.random.key(1), (B, *HW, 3), minval=-1, maxval=1)
-    state = ro.start_context(model, spec, *(jnp.asarray(a) for a in (ids, m, nids, nm)), frame)
+    text = model.encode_text(jnp.asarray(np.concatenate([ids, nids])), jnp.asarray(np.concatenate([m, nm])))
+    state = ro.start_context(model, spec, text, frame)
     return model, spec, state
 
 

@@ -61,24 +61,16 @@ def _tile(x: jax.Array, n: int) -> jax.Array:
     return jnp.concatenate([x] * n, axis=0) if n > 1 else x
 
 
-def start_context(
-    model: DreamZeroModel,
-    spec: RolloutSpec,
-    text_ids: jax.Array,
-    text_mask: jax.Array,
-    neg_ids: jax.Array,
-    neg_mask: jax.Array,
-    first_frame: jax.Array,
-) -> RolloutState:
-    """A fresh context: text / CLIP cross-attention K/V for both branches, y, an empty cache.
+def start_context(model: DreamZeroModel, spec: RolloutSpec, text: jax.Array, first_frame: jax.Array) -> RolloutState:
+    """A fresh context: cross-attention K/V for both branches, y and an empty cache.
 
-    first_frame (B, H, W, 3) in [-1, 1]; text ids/masks (B, L).
+    text (branches*B, L, text_dim): umT5 states, rows [prompt | negative prompt] when guided;
+    first_frame (B, H, W, 3) in [-1, 1].
     """
     dit, cfg = model.dit, model.cfg
     b = spec.batch
-    ids = jnp.concatenate([text_ids, neg_ids]) if spec.branches == 2 else text_ids
-    mask = jnp.concatenate([text_mask, neg_mask]) if spec.branches == 2 else text_mask
-    text = model.encode_text(ids, mask)
+    if text.shape[0] != spec.branches * b:
+        raise ValueError(f"text states need {spec.branches * b} rows (prompt and negative prompt), got {text.shape[0]}")
     num_video = 1 + 4 * cfg.dit.frames_per_block * spec.max_chunks
     clip, y = model.encode_first_frame(first_frame, num_video)
     ctx, img = dit.embed_context(text, None if clip is None else _tile(clip, spec.branches))

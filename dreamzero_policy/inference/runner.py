@@ -1,0 +1,159 @@
+"""Host-side driver of the jitted rollout: compiled executables, context bookkeeping, frame history.
+
+Each jitted piece is a pure function of (graphdef, params, ...) compiled ahead of time on the first
+chunk for a given batch size (``jax.jit(...).lower(...).compile()``), so later chunks and calls can
+never trigger a recompilation; a shape mismatch raises instead of silently recompiling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dreamzero_policy.configuration_dreamzero import DreamZeroJaxConfig
+from dreamzero_policy.inference import rollout as ro
+from dreamzero_policy.models.world_model import DreamZeroModel, make_tokenizer
+from dreamzero_policy.schedulers.unipc import UniPCSchedule
+
+
+def _compile(fn, *args):
+    return jax.jit(fn).lower(*args).compile()
+
+
+@dataclass
+class _Compiled:
+    encode_text: object
+    start: object
+    observe_first: object
+    observe_block: object
+    plan: object
+
+
+@dataclass
+class RolloutRunner:
+    config: DreamZeroJaxConfig
+    model: DreamZeroModel
+    _compiled: dict[int, _Compiled] = field(default_factory=dict)
+    _text_cache: dict[tuple[str, ...], jax.Array] = field(default_factory=dict)
+    state: ro.RolloutState | None = None
+    tasks: tuple[str, ...] | None = None
+    chunks_done: int = 0
+    history: list[np.ndarray] = field(default_factory=list)
+    plan_count: int = 0
+
+    def __post_init__(self) -> None:
+        self.tokenizer = make_tokenizer(self.model.cfg, self.config.tokenizer_dir)
+        self.graphdef, self.params = nnx.split(self.model)
+        c = self.config
+        mask = [True] * c.num_inference_steps if c.dit_steps is None else [
+            i in set(c.dit_steps) for i in range(c.num_inference_steps)
+        ]
+        self.schedule = UniPCSchedule.create(num_steps=c.num_inference_steps, shift=c.sigma_shift)
+        self.dit_mask = tuple(mask)
+
+    def set_params(self, model: DreamZeroModel) -> None:
+        self.model = model
+        self.graphdef, self.params = nnx.split(model)
+
+    # ------------------------------------------------------------------ context
+    def reset(self) -> None:
+        self.state, self.tasks, self.chunks_done, self.history = None, None, 0, []
+
+    def spec(self, batch: int) -> ro.RolloutSpec:
+        h, w = self.config.frame_size
+        ds = self.model.cfg.dit
+        pt, ph, pw = ds.patch_size
+        lat = self._latent_hw(h, w)
+        if lat[0] % ph or lat[1] % pw:
+            raise ValueError(f"frame {h}x{w} gives a latent grid {lat} not divisible by the patch {ph}x{pw}")
+        return ro.RolloutSpec(batch=batch, frame_hw=(h, w), latent_hw=lat, max_chunks=self.config.max_chunks_before_reset,
+                              cfg_scale=float(self.config.cfg_scale), schedule=self.schedule, dit_mask=self.dit_mask)
+
+    def _latent_hw(self, h: int, w: int) -> tuple[int, int]:
+        v = self.model.cfg.vae
+        s = 2 ** (len(v.dim_mult) - 1) * v.patch_size
+        if h % s or w % s:
+            raise ValueError(f"tiled frame {h}x{w} must be divisible by the VAE stride {s}")
+        return h // s, w // s
+
+    def _fns(self, batch: int, frame: np.ndarray) -> _Compiled:
+        if batch in self._compiled:
+            return self._compiled[batch]
+        spec = self.spec(batch)
+        g = self.graphdef
+        m = lambda p: nnx.merge(g, p)
+        ids, mask = (jnp.asarray(a) for a in self.tokenizer([""] * batch))
+        text_fn = _compile(lambda p, i, k: m(p).encode_text(i, k), self.params, ids, mask)
+        text = text_fn(self.params, ids, mask)
+
+        f0 = jnp.asarray(frame)
+        both = jnp.concatenate([text] * spec.branches)
+        start_fn = _compile(lambda p, t, f: ro.start_context(m(p), spec, t, f), self.params, both, f0)
+        state = start_fn(self.params, both, f0)
+        obs_first = _compile(lambda p, s, f: ro.observe_first(m(p), spec, s, f), self.params, state, f0)
+        t = 4 * self.model.cfg.dit.frames_per_block
+        frames = jax.ShapeDtypeStruct((batch, t, *frame.shape[1:]), jnp.float32)
+        obs_block = _compile(lambda p, s, f: ro.observe_block(m(p), spec, s, f), self.params, state, frames)
+        ds = self.model.cfg.dit
+        rs = jax.ShapeDtypeStruct((batch, ds.states_per_block, ds.state_dim), jnp.float32)
+        emb = jax.ShapeDtypeStruct((batch,), jnp.int32)
+        seed = jax.ShapeDtypeStruct((), jnp.int32)
+
+        def plan(p, s, r, e, n):
+            key = jax.random.fold_in(jax.random.key(self.config.seed), n)
+            return ro.plan(m(p), spec, s, r, e, key)
+
+        plan_fn = _compile(plan, self.params, state, rs, emb, seed)
+        self._compiled[batch] = _Compiled(text_fn, start_fn, obs_first, obs_block, plan_fn)
+        return self._compiled[batch]
+
+    def _encoded_text(self, fns: _Compiled, tasks: tuple[str, ...]) -> jax.Array:
+        """umT5 states per task tuple, cached: a task's embedding is computed once."""
+        if tasks not in self._text_cache:
+            ids, mask = self.tokenizer(list(tasks))
+            self._text_cache[tasks] = fns.encode_text(self.params, jnp.asarray(ids), jnp.asarray(mask))
+        return self._text_cache[tasks]
+
+    # ------------------------------------------------------------------ one chunk
+    def step(self, frame: np.ndarray, robot_state: np.ndarray, tasks: tuple[str, ...],
+             embodiment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """frame (B, H, W, 3) in [-1, 1] (the latest tiled observation), robot_state (B, S) normalised
+        and padded. Returns (actions (B, chunk, action_dim) normalised, predicted latents)."""
+        b = frame.shape[0]
+        fns = self._fns(b, frame)
+        fresh = (
+            self.state is None or self.tasks != tasks or self.chunks_done >= self.config.max_chunks_before_reset
+            or self.state.k.shape[1] != self.spec(b).branches * b
+        )
+        if fresh:
+            text = self._encoded_text(fns, tasks)
+            if self.spec(b).branches == 2:
+                text = jnp.concatenate([text, self._encoded_text(fns, (self.config.negative_prompt,) * b)])
+            self.state = fns.start(self.params, text, frame)
+            self.state = fns.observe_first(self.params, self.state, frame)
+            self.tasks, self.chunks_done = tasks, 0
+        else:
+            self.state = fns.observe_block(self.params, self.state, self._history_frames(frame))
+        self.history = []
+        rs = np.zeros((b, 1, self.model.cfg.dit.state_dim), np.float32)
+        rs[:, 0, : robot_state.shape[1]] = robot_state
+        actions, video, self.state = fns.plan(self.params, self.state, rs, embodiment.astype(np.int32),
+                                              np.int32(self.plan_count))
+        self.plan_count += 1
+        self.chunks_done += 1
+        return np.asarray(actions), np.asarray(video)
+
+    def record(self, frame: np.ndarray) -> None:
+        self.history.append(frame)
+
+    def _history_frames(self, latest: np.ndarray) -> np.ndarray:
+        """The 4*fpb frames of the last chunk, evenly subsampled from what was observed (repeated when
+        fewer were seen, as the reference repeats them), ending with the latest frame."""
+        frames = self.history or [latest]
+        n = 4 * self.model.cfg.dit.frames_per_block
+        idx = np.round(np.linspace(0, len(frames) - 1, n)).astype(int) if len(frames) > 1 else np.zeros(n, int)
+        return np.stack([frames[i] for i in idx], axis=1).astype(np.float32)
