@@ -61,7 +61,8 @@ class RolloutRunner:
 
     # ------------------------------------------------------------------ context
     def reset(self) -> None:
-        self.state, self.tasks, self.chunks_done, self.history = None, None, 0, []
+        """Forget the context; sampling noise restarts from the seed, so an episode is reproducible."""
+        self.state, self.tasks, self.chunks_done, self.history, self.plan_count = None, None, 0, [], 0
 
     def spec(self, batch: int) -> ro.RolloutSpec:
         h, w = self.config.frame_size

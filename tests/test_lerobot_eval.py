@@ -1,0 +1,50 @@
+"""LeRobot's own evaluation loop drives the policy: in-process (CI) and through the CLI (slow)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import lerobot_policy_dreamzero  # noqa: F401  (what plugin discovery imports)
+from dreamzero_policy.configuration_dreamzero import DreamZeroJaxConfig
+
+
+def test_lerobot_eval_in_process(tmp_path):
+    from lerobot.configs.eval import EvalConfig, EvalPipelineConfig
+    from lerobot.scripts.lerobot_eval import eval_main
+
+    from envs.lerobot_config import DzReachEnv
+
+    cfg = EvalPipelineConfig(
+        env=DzReachEnv(episode_length=6, image_size=32),
+        eval=EvalConfig(n_episodes=2, batch_size=2),
+        policy=DreamZeroJaxConfig(num_inference_steps=2, cfg_scale=1.0, device="cpu", view_height=32, view_width=32),
+        output_dir=tmp_path / "eval",
+    )
+    eval_main(cfg)
+    info = json.loads((tmp_path / "eval" / "eval_info.json").read_text())
+    overall = info["overall"]
+    assert overall["n_episodes"] == 2 and 0.0 <= overall["pc_success"] <= 100.0
+    videos = list((tmp_path / "eval" / "videos").rglob("*.mp4"))
+    assert videos and all(v.stat().st_size > 0 for v in videos)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env_args", [
+    ["--env.type=pusht", "--env.observation_height=96", "--env.observation_width=96"],
+    ["--env.type=dz_reach"],
+])
+def test_lerobot_eval_cli(tmp_path, env_args):
+    """Needs the pusht extra for gym-pusht: `uv run --extra pusht pytest -m slow`."""
+    out = tmp_path / "eval"
+    cmd = [str(Path(sys.executable).parent / "lerobot-eval"), "--policy.type=dreamzero_jax", *env_args,
+           "--eval.n_episodes=2", "--eval.batch_size=2", "--policy.num_inference_steps=2", "--policy.device=cpu",
+           f"--output_dir={out}"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", MUJOCO_GL="egl")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "eval_info.json").read_text())["overall"]["n_episodes"] == 2
+    assert list((out / "videos").rglob("*.mp4"))

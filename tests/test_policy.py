@@ -1,0 +1,167 @@
+"""DreamZeroJaxPolicy behaviour: queue and re-planning, context resets, compile-once, persistence, bad input."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+import torch
+from lerobot.configs.types import FeatureType, PolicyFeature
+
+from dreamzero_policy.configuration_dreamzero import DreamZeroJaxConfig
+from dreamzero_policy.modeling_dreamzero import DreamZeroJaxPolicy
+
+B, IMG = 2, (3, 32, 32)
+
+
+def make_config(**kw) -> DreamZeroJaxConfig:
+    return DreamZeroJaxConfig(
+        input_features={"observation.state": PolicyFeature(FeatureType.STATE, (2,)),
+                        "observation.images.top": PolicyFeature(FeatureType.VISUAL, IMG)},
+        output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))},
+        num_inference_steps=2, cfg_scale=2.0, n_action_steps=2, device="cpu", **kw,
+    )
+
+
+def obs(seed: int = 0, task: str = "move to the red target", b: int = B) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"observation.state": torch.rand(b, 2, generator=g) * 2 - 1,
+            "observation.images.top": torch.rand(b, *IMG, generator=g), "task": [task] * b}
+
+
+class _Compiles:
+    def __init__(self):
+        self.n = 0
+        jax.monitoring.register_event_duration_secs_listener(self._cb)
+
+    def _cb(self, name, _d, **_kw):
+        if name.endswith("backend_compile_duration"):
+            self.n += 1
+
+
+COMPILES = _Compiles()
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return DreamZeroJaxPolicy(make_config())
+
+
+@pytest.fixture()
+def planned(policy, monkeypatch):
+    """Count rollout steps and report the context start frame after each."""
+    calls = []
+    real = policy.runner.step
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        calls.append(int(policy.runner.state.start_frame))
+        return out
+
+    monkeypatch.setattr(policy.runner, "step", spy)
+    policy.reset()
+    return calls
+
+
+def test_queue_serves_n_action_steps_then_replans(policy, planned):
+    for i in range(5):
+        a = policy.select_action(obs(i))
+        assert a.shape == (B, 2) and a.dtype == torch.float32
+    assert len(planned) == math.ceil(5 / policy.config.n_action_steps)
+
+
+def test_no_recompilation_after_first_chunk(policy, planned):
+    policy.select_action(obs(0))  # first chunk: compiles (ahead of time) everything the rollout uses
+    before = COMPILES.n
+    for i in range(1, 12):  # several re-plans, one context reset after 4 chunks, select_action calls
+        policy.select_action(obs(i))
+    assert COMPILES.n == before, f"{COMPILES.n - before} compilations after the first chunk"
+
+
+def test_context_grows_then_resets_after_max_chunks(policy, planned):
+    fpb = policy.model.cfg.dit.frames_per_block
+    for i in range(2 * (policy.config.max_chunks_before_reset + 1)):
+        policy.select_action(obs(i))
+    starts = planned
+    expected = [1 + fpb * (k + 1) for k in range(policy.config.max_chunks_before_reset)]
+    assert starts[: len(expected)] == expected and starts[len(expected)] == 1 + fpb
+
+
+def test_reset_and_task_change_restart_the_context(policy, planned):
+    fpb = policy.model.cfg.dit.frames_per_block
+    for i in range(3):
+        policy.select_action(obs(i))
+    assert planned == [1 + fpb, 1 + 2 * fpb]
+    policy.reset()
+    assert len(policy._action_queue) == 0
+    policy.select_action(obs(5))
+    assert planned[-1] == 1 + fpb
+    policy.select_action(obs(6))
+    policy.select_action(obs(7, task="move to the blue target"))  # queue empty -> new plan, new task
+    assert planned[-1] == 1 + fpb
+
+
+def test_save_load_gives_identical_actions(policy, tmp_path):
+    policy.reset()
+    first = [policy.select_action(obs(i)) for i in range(4)]
+    policy.save_pretrained(tmp_path)
+    loaded = DreamZeroJaxPolicy.from_pretrained(tmp_path)
+    assert loaded.config.preset == policy.config.preset
+    policy.reset()
+    again = [policy.select_action(obs(i)) for i in range(4)]
+    from_disk = [loaded.select_action(obs(i)) for i in range(4)]
+    for a, b, c in zip(first, again, from_disk, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-6)
+
+
+def test_strict_load_names_the_problem(policy, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    policy.save_pretrained(tmp_path)
+    w = load_file(str(tmp_path / "model.safetensors"))
+    w.pop("dit/head/head/kernel")
+    save_file(w, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match="dit/head/head/kernel"):
+        DreamZeroJaxPolicy.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda o: o.pop("observation.images.top"), "observation.images.top"),
+        (lambda o: o.pop("observation.state"), "observation.state"),
+        (lambda o: o.__setitem__("observation.images.top", torch.rand(B, 3, 16, 16)), "expected"),
+        (lambda o: o.__setitem__("observation.images.top", torch.rand(B, 32, 32, 3)), "channels-first"),
+        (lambda o: o.__setitem__("observation.images.top", torch.rand(B, *IMG) * 255), r"\[0, 1\]"),
+        (lambda o: o["observation.state"].__setitem__((0, 0), float("nan")), "NaN"),
+        (lambda o: o["observation.state"].__setitem__((1, 1), float("inf")), "NaN or inf"),
+        (lambda o: o.__setitem__("observation.images.top", torch.rand(B + 1, *IMG)), "batch size"),
+        (lambda o: o.__setitem__("task", ["", ""]), "non-empty"),
+        (lambda o: o.pop("task"), "task"),
+        (lambda o: o.__setitem__("task", ["a"]), "entries"),
+        (lambda o: o.__setitem__("observation.state", torch.rand(B, 3)), r"\(B, 2\)"),
+    ],
+)
+def test_bad_input_raises_value_error(policy, mutate, match):
+    policy.reset()
+    o = obs(0)
+    mutate(o)
+    with pytest.raises(ValueError, match=match):
+        policy.select_action(o)
+
+
+def test_config_validation_errors():
+    with pytest.raises(ValueError, match="camera"):
+        DreamZeroJaxConfig(input_features={"observation.state": PolicyFeature(FeatureType.STATE, (2,))},
+                           output_features={"action": PolicyFeature(FeatureType.ACTION, (2,))}).validate_features()
+    with pytest.raises(ValueError, match="action dim"):
+        make_config().__class__(
+            input_features=make_config().input_features,
+            output_features={"action": PolicyFeature(FeatureType.ACTION, (99,))},
+        ).validate_features()
+    with pytest.raises(ValueError, match="n_action_steps"):
+        make_config(preset="tiny").__class__(n_action_steps=99)
+    with pytest.raises(ValueError, match="unknown preset"):
+        DreamZeroJaxConfig(preset="huge")
+    assert np.isfinite(make_config().chunk_size)
