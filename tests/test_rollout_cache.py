@@ -7,10 +7,10 @@ import pytest
 from flax import nnx
 
 from dreamzero_policy.inference import rollout as ro
+from dreamzero_policy.inference.full_context import full_context_velocity
 from dreamzero_policy.models.dit import Register
 from dreamzero_policy.models.presets import get_preset
 from dreamzero_policy.models.world_model import DreamZeroModel, make_tokenizer
-from dreamzero_policy.nn import masks
 from dreamzero_policy.schedulers.unipc import UniPCSchedule
 
 B, HW = 2, (32, 32)
@@ -29,39 +29,6 @@ def setup():
     text = model.encode_text(jnp.asarray(np.concatenate([ids, nids])), jnp.asarray(np.concatenate([m, nm])))
     state = ro.start_context(model, spec, text, frame)
     return model, spec, state
-
-
-def _full_recompute(model, spec, state, clean, noisy, t, reg, start):
-    """All observed frames 0..start-1 (t=0) and the noisy block with its register in ONE forward."""
-    dit, dc = model.dit, model.cfg.dit
-    nb = spec.branches
-    fpb, s_len = dc.frames_per_block, 4
-    tile = lambda x: jnp.concatenate([x] * nb)
-    y_all = state.y
-    yc, yn = y_all[:, :start], jax.lax.dynamic_slice_in_dim(y_all, min(start, y_all.shape[1] - fpb), fpb, 1)
-    xc, _ = dit.patchify(dit._with_cond(tile(clean), tile(yc)))
-    xn, grid = dit.patchify(dit._with_cond(tile(noisy), tile(yn)))
-    x = jnp.concatenate([xc, xn, dit.encode_register(reg)], axis=1)
-    n_clean, n_noisy = xc.shape[1], xn.shape[1]
-    tok_t = jnp.concatenate([jnp.zeros((nb * B, n_clean)), jnp.full((nb * B, n_noisy), t),
-                             dit.register_timesteps(reg)], axis=1)
-    e, e0 = dit.time_embed(tok_t)
-    cv, sv = dit.rope.video(jnp.arange(start), 2, 2)
-    cn, sn = dit.rope.video(start + jnp.arange(fpb), 2, 2)
-    bi = (start - 1) // fpb
-    ca, sa = dit.rope.action(bi * dc.actions_per_block + jnp.arange(dc.actions_per_block))
-    cs, ss = dit.rope.state(bi + jnp.arange(1))
-    rope = (jnp.concatenate([cv, cn, ca, cs]), jnp.concatenate([sv, sn, sa, ss]))
-    lay = masks.TokenLayout.concat(
-        masks.video_layout(masks.CLEAN, np.arange(start), s_len, fpb),
-        masks.video_layout(masks.NOISY, start + np.arange(fpb), s_len, fpb),
-        masks.register_layout(np.array([bi + 1]), dc.actions_per_block, dc.states_per_block),
-    )
-    mask = masks.attention_mask(lay, lay, frames_per_block=fpb, state_sees_context=True)
-    x, _ = dit.run_blocks(x, e0, rope, state.cross, mask=jnp.asarray(mask))
-    video = dit.decode_video(x[:, n_clean:n_clean + n_noisy], e[:, n_clean:n_clean + n_noisy], grid)
-    acts = dit.decode_actions(x[:, n_clean + n_noisy:n_clean + n_noisy + dc.actions_per_block], reg.embodiment)
-    return video, acts
 
 
 def test_cached_equals_full_recompute_over_three_chunks(setup):
@@ -87,7 +54,7 @@ def test_cached_equals_full_recompute_over_three_chunks(setup):
         v_c, a_c, _ = model.dit.forward_chunk(jnp.concatenate([noisy] * nb), jnp.full((nb * B,), t), start,
                                               state.cross, (state.k, state.v), valid, reg, jnp.concatenate([y] * nb))
         clean = jnp.concatenate(observed, axis=1)
-        v_f, a_f = _full_recompute(model, spec, state, clean, noisy, t, reg, start)
+        v_f, a_f = full_context_velocity(model, spec, state, clean, noisy, t, reg, start)
         np.testing.assert_allclose(np.asarray(v_c), np.asarray(v_f), atol=2e-5, rtol=1e-4)
         np.testing.assert_allclose(np.asarray(a_c), np.asarray(a_f), atol=2e-5, rtol=1e-4)
         state = state._replace(start_frame=state.start_frame + fpb)
