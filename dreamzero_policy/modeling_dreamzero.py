@@ -17,10 +17,9 @@ import jax
 import numpy as np
 import torch
 from flax import nnx
-from torch import Tensor, nn
-
 from lerobot.policies.pretrained import PreTrainedPolicy
-from lerobot.utils.constants import ACTION, OBS_STATE
+from lerobot.utils.constants import OBS_STATE
+from torch import Tensor, nn
 
 from dreamzero_policy.configuration_dreamzero import DreamZeroJaxConfig
 from dreamzero_policy.inference.observation import tile_views

@@ -18,10 +18,9 @@ from flax import nnx
 from lerobot.configs.types import FeatureType, PolicyFeature
 
 from dreamzero_policy.configuration_dreamzero import REFERENCE_DIT_STEPS, DreamZeroJaxConfig
-from dreamzero_policy.inference import rollout as ro
 from dreamzero_policy.inference.full_context import full_context_velocity
-from dreamzero_policy.models.dit import Register
 from dreamzero_policy.modeling_dreamzero import DreamZeroJaxPolicy
+from dreamzero_policy.models.dit import Register
 from dreamzero_policy.schedulers.unipc import denoise
 
 
