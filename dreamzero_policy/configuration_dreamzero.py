@@ -47,6 +47,7 @@ class DreamZeroJaxConfig(PreTrainedConfig):
     sigma_shift: float = 5.0
     cfg_scale: float = 5.0  # guidance on video only; actions come from the conditional branch
     negative_prompt: str = WAN_NEGATIVE_PROMPT
+    blank_instruction: bool = False  # ablation: condition on an empty prompt instead of the task
     seed: int = 0
 
     # cameras: which image features, in which order, tiled into one frame of tile_height x tile_width

@@ -115,7 +115,7 @@ class DreamZeroJaxPolicy(PreTrainedPolicy):
             raise ValueError(f"'task' has {len(tasks)} entries for a batch of {b}")
         if any(not isinstance(t, str) or not t.strip() for t in tasks):
             raise ValueError("'task' must be a non-empty instruction string for every batch element")
-        return tasks
+        return ("",) * b if self.config.blank_instruction else tasks
 
     def _state(self, batch: dict[str, Tensor]) -> np.ndarray:
         s = batch[OBS_STATE]
