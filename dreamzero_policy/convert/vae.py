@@ -69,7 +69,9 @@ def _check_variant(sd: Mapping[str, np.ndarray], cfg: VAEConfig) -> None:
         ("encoder.conv1.weight", 1, cfg.io_channels, "input channels (3 * patch_size**2)"),
     ):
         if key in sd and np.shape(sd[key])[axis] != want:
-            raise ValueError(f"{key} has {np.shape(sd[key])[axis]} {what}, config expects {want}: wrong VAE variant?")
+            raise ValueError(
+                f"{key} has {np.shape(sd[key])[axis]} {what}, config expects {want}: wrong VAE variant?"
+            )
 
 
 def vae_reference_keys_from_diffusers(sd: Mapping[str, np.ndarray], cfg: VAEConfig) -> dict[str, np.ndarray]:
@@ -100,13 +102,21 @@ def _diffusers_to_reference(key: str, num_res_blocks: int, is_residual: bool) ->
     key = re.sub(r"\.mid_block\.attentions\.0\.", ".middle.1.", key)
     key = re.sub(r"\.mid_block\.resnets\.1\.", ".middle.2.", key)
     if is_residual:
-        key = re.sub(r"^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.", r"encoder.downsamples.\1.downsamples.\2.", key)
         key = re.sub(
-            r"^encoder\.down_blocks\.(\d+)\.downsampler\.", rf"encoder.downsamples.\1.downsamples.{num_res_blocks}.", key
+            r"^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.", r"encoder.downsamples.\1.downsamples.\2.", key
         )
-        key = re.sub(r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.", r"decoder.upsamples.\1.upsamples.\2.", key)
         key = re.sub(
-            r"^decoder\.up_blocks\.(\d+)\.upsampler\.", rf"decoder.upsamples.\1.upsamples.{num_res_blocks + 1}.", key
+            r"^encoder\.down_blocks\.(\d+)\.downsampler\.",
+            rf"encoder.downsamples.\1.downsamples.{num_res_blocks}.",
+            key,
+        )
+        key = re.sub(
+            r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.", r"decoder.upsamples.\1.upsamples.\2.", key
+        )
+        key = re.sub(
+            r"^decoder\.up_blocks\.(\d+)\.upsampler\.",
+            rf"decoder.upsamples.\1.upsamples.{num_res_blocks + 1}.",
+            key,
         )
     else:
         key = re.sub(r"^encoder\.down_blocks\.", "encoder.downsamples.", key)
@@ -122,7 +132,12 @@ def _diffusers_to_reference(key: str, num_res_blocks: int, is_residual: bool) ->
             lambda m: f"decoder.upsamples.{int(m[1]) * stride + num_res_blocks + 1}.",
             key,
         )
-    resnet = {"norm1.": "residual.0.", "conv1.": "residual.2.", "norm2.": "residual.3.", "conv2.": "residual.6."}
+    resnet = {
+        "norm1.": "residual.0.",
+        "conv1.": "residual.2.",
+        "norm2.": "residual.3.",
+        "conv2.": "residual.6.",
+    }
     stem, _, leaf = key.rpartition(".")
     head, _, module = stem.rpartition(".")
     if module + "." in resnet and not head.endswith(("encoder", "decoder")):

@@ -5,7 +5,8 @@ alone, then 4-frame chunks (a ``lax.scan``) carrying the causal cache, so memory
 clip. ``encode`` returns the posterior mean normalised as the reference does, (mu - mean) * (1 / std);
 ``decode`` undoes it, decodes the first latent frame alone, then one latent frame (4 video frames) at a
 time, and clamps to [-1, 1]. ``encode_chunk`` / ``decode_chunk`` expose the same streaming to a rollout
-that observes frames incrementally.
+that observes frames incrementally. Jit with the module as an argument (``nnx.jit(lambda m, v:
+m.encode(v))(vae, video)``, or graphdef/state) so the weights are inputs, not compile-time constants.
 """
 
 from __future__ import annotations
@@ -326,4 +327,6 @@ class WanVAE(nnx.Module):
         if video.ndim != 5 or video.shape[-1] != 3:
             raise ValueError(f"video must be (B, T, H, W, 3) channels-last, got {tuple(video.shape)}")
         if video.shape[2] % s or video.shape[3] % s:
-            raise ValueError(f"height and width must be multiples of {s}, got {video.shape[2]}x{video.shape[3]}")
+            raise ValueError(
+                f"height and width must be multiples of {s}, got {video.shape[2]}x{video.shape[3]}"
+            )

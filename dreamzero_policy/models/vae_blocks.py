@@ -10,6 +10,7 @@ the reference.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -47,7 +48,9 @@ class CacheStream:
 
     def result(self) -> VAECache:
         if not self.start and self._read != len(self._previous):
-            raise ValueError(f"cache has {len(self._previous)} entries, the model read {self._read} (wrong cache?)")
+            raise ValueError(
+                f"cache has {len(self._previous)} entries, the model read {self._read} (wrong cache?)"
+            )
         return tuple(self._new)
 
 
@@ -55,10 +58,22 @@ def _triple(v: int | Sequence[int]) -> tuple[int, int, int]:
     return (v, v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
 
 
+def _uniform_init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+    """PyTorch's default conv/linear init, U(+-1/sqrt(fan_in)), fan_in = prod(shape[:-1]).
+
+    Drawn flat and reshaped: on CPU, partitionable threefry over an N-d shape takes seconds to compile
+    per shape, a 1-D draw a fraction of that.
+    """
+    shape = tuple(shape)
+    size = math.prod(shape)
+    bound = math.prod(shape[:-1]) ** -0.5 if len(shape) > 1 else 1.0
+    return jax.random.uniform(key, (size,), dtype, -bound, bound).reshape(shape)
+
+
 def _uniform(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int, dtype) -> jax.Array:
-    # PyTorch's default conv init bound; only the scale of random test weights depends on it.
+    """U(+-1/sqrt(fan_in)) for weights and biases alike (the bias shares its layer's fan_in)."""
     bound = fan_in**-0.5
-    return jax.random.uniform(rngs.params(), shape, dtype, -bound, bound)
+    return jax.random.uniform(rngs.params(), (math.prod(shape),), dtype, -bound, bound).reshape(shape)
 
 
 class CausalConv3d(nnx.Module):
@@ -186,8 +201,9 @@ class AttentionBlock(nnx.Module):
 
     def __init__(self, dim: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.norm = ChannelRMSNorm(dim, param_dtype=param_dtype)
-        self.to_qkv = nnx.Linear(dim, 3 * dim, rngs=rngs, param_dtype=param_dtype)
-        self.proj = nnx.Linear(dim, dim, rngs=rngs, param_dtype=param_dtype)
+        kw = dict(kernel_init=_uniform_init, rngs=rngs, param_dtype=param_dtype)
+        self.to_qkv = nnx.Linear(dim, 3 * dim, **kw)
+        self.proj = nnx.Linear(dim, dim, **kw)
 
     def __call__(self, x: jax.Array, stream: CacheStream | None = None) -> jax.Array:
         b, t, h, w, c = x.shape
