@@ -48,6 +48,7 @@ class DreamZeroJaxConfig(PreTrainedConfig):
     cfg_scale: float = 5.0  # guidance on video only; actions come from the conditional branch
     negative_prompt: str = WAN_NEGATIVE_PROMPT
     blank_instruction: bool = False  # ablation: condition on an empty prompt instead of the task
+    default_task: str | None = None  # used when an env gives no instruction (e.g. PushT: "push the T")
     seed: int = 0
 
     # cameras: which image features, in which order, tiled into one frame of tile_height x tile_width

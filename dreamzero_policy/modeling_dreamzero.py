@@ -108,13 +108,22 @@ class DreamZeroJaxPolicy(PreTrainedPolicy):
 
     def _tasks(self, batch: dict[str, Any], b: int) -> tuple[str, ...]:
         task = batch.get("task")
-        if task is None:
-            raise ValueError("missing 'task': dreamzero_jax is conditioned on a language instruction")
-        tasks = (task,) * b if isinstance(task, str) else tuple(task)
+        default = self.config.default_task
+        if task is None and default is None:
+            raise ValueError(
+                "missing 'task': dreamzero_jax is conditioned on a language instruction "
+                "(for envs without one, set --policy.default_task)"
+            )
+        tasks = (task,) * b if isinstance(task, str) else tuple(task or [default] * b)
         if len(tasks) != b:
             raise ValueError(f"'task' has {len(tasks)} entries for a batch of {b}")
+        if default is not None:
+            tasks = tuple(t if isinstance(t, str) and t.strip() else default for t in tasks)
         if any(not isinstance(t, str) or not t.strip() for t in tasks):
-            raise ValueError("'task' must be a non-empty instruction string for every batch element")
+            raise ValueError(
+                "'task' must be a non-empty instruction string for every batch element "
+                "(for envs without one, set --policy.default_task)"
+            )
         return ("",) * b if self.config.blank_instruction else tasks
 
     def _state(self, batch: dict[str, Tensor]) -> np.ndarray:

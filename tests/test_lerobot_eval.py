@@ -34,7 +34,8 @@ def test_lerobot_eval_in_process(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("env_args", [
-    ["--env.type=pusht", "--env.observation_height=96", "--env.observation_width=96"],
+    ["--env.type=pusht", "--env.observation_height=96", "--env.observation_width=96",
+     "--policy.default_task=push the T onto the target", "--eval.use_async_envs=false"],
     ["--env.type=dz_reach"],
 ])
 def test_lerobot_eval_cli(tmp_path, env_args):

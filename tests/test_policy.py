@@ -165,3 +165,16 @@ def test_config_validation_errors():
     with pytest.raises(ValueError, match="unknown preset"):
         DreamZeroJaxConfig(preset="huge")
     assert np.isfinite(make_config().chunk_size)
+
+
+def test_default_task_fills_missing_instruction(policy):
+    policy.reset()
+    o = obs(0)
+    o["task"] = ["", ""]
+    policy.config.default_task = "move to the red target"
+    try:
+        assert policy.select_action(o).shape == (B, 2)
+        o.pop("task")
+        assert policy.select_action(o).shape == (B, 2)
+    finally:
+        policy.config.default_task = None
