@@ -1,0 +1,192 @@
+"""The sharded train step over the DiT (frozen VAE / umT5 / CLIP), with AdamW, LoRA and mixed precision.
+
+The DiT is split once into a graph definition and flat "/"-keyed parameters. Trainable parameters (all
+of the DiT, or LoRA adapters + the register encoders) live in the train state with the optimiser state,
+step and RNG; the rest are frozen inputs. Both carry shardings from :mod:`.sharding`; one ``jax.jit``
+with explicit in/out shardings is the whole SPMD program.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx, traverse_util
+from jax.sharding import Mesh
+
+from dreamzero_policy.models.world_model import DreamZeroModel
+from dreamzero_policy.schedulers.flow_matching import FlowMatchSchedule
+from dreamzero_policy.training.config import TrainConfig
+from dreamzero_policy.training.lora import REGISTER_PREFIXES, init_lora, merge_lora
+from dreamzero_policy.training.loss import TrainBatch, teacher_forcing_loss
+from dreamzero_policy.training.sharding import batch_sharding, param_shardings, replicated
+
+BATCH_FIELDS = TrainBatch._fields
+
+
+def flatten(tree: Mapping) -> dict[str, jax.Array]:
+    return traverse_util.flatten_dict(tree, sep="/")
+
+
+def unflatten(flat: Mapping[str, jax.Array]) -> dict:
+    return traverse_util.unflatten_dict(dict(flat), sep="/")
+
+
+def make_optimizer(cfg: TrainConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    o = cfg.optim
+    warmup = max(1, int(round(o.warmup_ratio * cfg.steps)))
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, o.lr, warmup, max(cfg.steps, warmup + 1), end_value=o.lr * o.end_lr_ratio
+    )
+    chain = [optax.clip_by_global_norm(o.clip_norm)] if o.clip_norm > 0 else []
+    chain.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
+    return optax.chain(*chain), schedule
+
+
+def encode_raw(model: DreamZeroModel, raw: Mapping[str, jax.Array]) -> TrainBatch:
+    """Frozen encoders: raw loader fields (video in [-1, 1], token ids, ...) -> a TrainBatch."""
+    video = raw["video"]
+    latents = model.encode_video(video)
+    text = model.encode_text(raw["text_ids"], raw["text_mask"])
+    clip, y = model.encode_first_frame(video[:, 0], video.shape[1])
+    out = TrainBatch(
+        latents,
+        text,
+        raw["actions"],
+        raw["action_mask"],
+        raw["state"],
+        raw["embodiment"],
+        raw["has_real_action"],
+        clip,
+        y,
+    )
+    return jax.tree.map(jax.lax.stop_gradient, out)
+
+
+class DiTTrainer:
+    """Train state + jitted step for one DreamZeroModel's DiT on a mesh."""
+
+    def __init__(
+        self, model: DreamZeroModel, cfg: TrainConfig, mesh: Mesh, schedule: FlowMatchSchedule | None = None
+    ):
+        self.cfg, self.mesh = cfg, mesh
+        self.schedule = schedule or FlowMatchSchedule()
+        dit_cfg = replace(model.dit.cfg, dtype=cfg.compute_dtype, remat=cfg.remat)
+        model.dit.cfg = dit_cfg
+        self.graphdef, params, self.rest = nnx.split(model.dit, nnx.Param, ...)
+        flat = flatten(nnx.to_pure_dict(params))
+        self.lora_scale = cfg.lora.alpha / cfg.lora.rank if cfg.lora.rank > 0 else 0.0
+        if cfg.lora.rank > 0:
+            train_keys = [k for k in flat if k.startswith(REGISTER_PREFIXES)]
+        else:
+            train_keys = list(flat)
+        self._param_sh = param_shardings(flat, mesh)
+        put = lambda d: {k: jax.device_put(v, self._param_sh[k]) for k, v in d.items()}
+        self.frozen = put({k: v for k, v in flat.items() if k not in set(train_keys)})
+        trainable_params = put({k: flat[k] for k in train_keys})
+        lora = {}
+        if cfg.lora.rank > 0:
+            lora = init_lora(flat, tuple(cfg.lora.targets), cfg.lora.rank, jax.random.PRNGKey(cfg.seed + 1))
+            lora = {
+                k: jax.device_put(v, s)
+                for (k, v), s in zip(lora.items(), param_shardings(lora, mesh).values(), strict=True)
+            }
+        self.tx, self.lr_schedule = make_optimizer(cfg)
+        self.trainable0 = {"params": unflatten(trainable_params), "lora": unflatten(lora)}
+        self._step_fn = None
+
+    # ------------------------------------------------------------------------------ state
+    def init_state(self) -> dict:
+        opt = jax.jit(self.tx.init, out_shardings=self._opt_shardings())(self.trainable0)
+        return {
+            "trainable": self.trainable0,
+            "opt": opt,
+            "step": jax.device_put(jnp.zeros((), jnp.int32), replicated(self.mesh)),
+            "rng": jax.device_put(jax.random.PRNGKey(self.cfg.seed), replicated(self.mesh)),
+        }
+
+    def _opt_shardings(self):
+        """Optimiser moments take the sharding of the parameter they track; counters are replicated."""
+        by_path = {
+            tuple(getattr(k, "key", k) for k in path): x.sharding
+            for path, x in jax.tree_util.tree_flatten_with_path(self.trainable0)[0]
+        }
+        rep = replicated(self.mesh)
+
+        def pick(path, _):
+            keys = tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+            for n in range(len(keys)):
+                if keys[n:] in by_path:
+                    return by_path[keys[n:]]
+            return rep
+
+        return jax.tree_util.tree_map_with_path(pick, jax.eval_shape(self.tx.init, self.trainable0))
+
+    def assemble(self, trainable: Mapping, frozen: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """Flat DiT params for the forward: frozen + trainable, LoRA merged, cast to the compute dtype."""
+        params = {**frozen, **flatten(trainable["params"])}
+        lora = flatten(trainable["lora"]) if trainable["lora"] else {}
+        if lora:
+            params = merge_lora(params, lora, self.lora_scale)
+        if self.cfg.compute_dtype != "float32":
+            dt = jnp.dtype(self.cfg.compute_dtype)
+            params = {
+                k: (v.astype(dt) if jnp.issubdtype(v.dtype, jnp.floating) else v) for k, v in params.items()
+            }
+        return params
+
+    def merged_params(self, state: Mapping) -> dict[str, np.ndarray]:
+        """fp32 flat DiT params with LoRA folded in (what an exported policy loads)."""
+        params = {**self.frozen, **flatten(state["trainable"]["params"])}
+        lora = flatten(state["trainable"]["lora"]) if state["trainable"]["lora"] else {}
+        if lora:
+            params = merge_lora(params, lora, self.lora_scale)
+        return {k: np.asarray(jax.device_get(v)) for k, v in params.items()}
+
+    # ------------------------------------------------------------------------------ step
+    def _loss(self, trainable, frozen, batch: TrainBatch, key):
+        params = self.assemble(trainable, frozen)
+        dit = nnx.merge(self.graphdef, unflatten(params), self.rest)
+        out = teacher_forcing_loss(dit, batch, key, self.schedule)
+        return out.loss, out
+
+    def _step(self, state, frozen, batch: TrainBatch):
+        bs = batch_sharding(self.mesh)
+        batch = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, bs), batch)
+        key = jax.random.fold_in(state["rng"], 0 if self.cfg.overfit else state["step"])
+        (loss, out), grads = jax.value_and_grad(self._loss, has_aux=True)(
+            state["trainable"], frozen, batch, key
+        )
+        updates, opt = self.tx.update(grads, state["opt"], state["trainable"])
+        trainable = optax.apply_updates(state["trainable"], updates)
+        metrics = {
+            "loss": loss,
+            "video_loss": out.video_loss,
+            "action_loss": out.action_loss,
+            "grad_norm": optax.global_norm(grads),
+            "lr": self.lr_schedule(state["step"]),
+        }
+        new = {"trainable": trainable, "opt": opt, "step": state["step"] + 1, "rng": state["rng"]}
+        return new, metrics
+
+    def step(self, state: dict, batch: TrainBatch) -> tuple[dict, dict]:
+        if self._step_fn is None:
+            state_sh = jax.tree.map(lambda x: x.sharding, state)
+            frozen_sh = {k: self._param_sh[k] for k in self.frozen}
+            bsh = jax.tree.map(lambda _: batch_sharding(self.mesh), batch)
+            self._step_fn = jax.jit(
+                self._step,
+                in_shardings=(state_sh, frozen_sh, bsh),
+                out_shardings=(state_sh, replicated(self.mesh)),
+                donate_argnums=(0,),
+            )
+        return self._step_fn(state, self.frozen, batch)
+
+
+def batch_from_arrays(arrays: Mapping[str, jax.Array]) -> TrainBatch:
+    """A TrainBatch from precomputed fields (clip / y absent for models without them)."""
+    return TrainBatch(**{k: arrays.get(k) for k in BATCH_FIELDS})
