@@ -1,0 +1,39 @@
+"""Baselines evaluated on exactly the seeds ``lerobot-eval --seed S`` uses (S, S+1, ...)."""
+
+from __future__ import annotations
+
+import envs
+
+
+def random_policy_success(env_name: str, seeds: range, image_size: int = 64) -> float:
+    """Percent of episodes a uniform-random policy (actions in the env's action space) solves."""
+    wins = 0
+    for seed in seeds:
+        env = envs.make(env_name, image_size=image_size)
+        env.action_space.seed(seed)
+        env.reset(seed=seed)
+        done, info = False, {}
+        while not done:
+            _, _, term, trunc, info = env.step(env.action_space.sample())
+            done = term or trunc
+        wins += bool(info.get("is_success", False))
+        env.close()
+    return 100.0 * wins / max(1, len(seeds))
+
+
+def expert_success(env_name: str, seeds: range, image_size: int = 64) -> float:
+    """The scripted expert on the same seeds (the ceiling)."""
+    from envs.experts import ScriptedExpert
+
+    wins = 0
+    for seed in seeds:
+        env = envs.make(env_name, image_size=image_size)
+        env.reset(seed=seed)
+        expert = ScriptedExpert(env, seed=seed)
+        done, info = False, {}
+        while not done:
+            _, _, term, trunc, info = env.step(expert())
+            done = term or trunc
+        wins += bool(info.get("is_success", False))
+        env.close()
+    return 100.0 * wins / max(1, len(seeds))

@@ -1,0 +1,169 @@
+"""The main job, end to end, on a fresh machine with no pretrained weights and no Hub:
+
+  1. record scripted-expert demonstrations of the language-conditioned reach task (LeRobotDataset v3)
+  2. train the ``small`` DreamZero preset on them with ``dreamzero-train`` (progress bar)
+  3. export the policy directory
+  4. evaluate it closed loop with ``lerobot-eval`` on held-out seeds, next to two baselines: a random
+     policy and the trained policy with the instruction blanked
+  5. write the evaluation videos and a picture of imagined vs real future frames
+
+    uv run --frozen --all-extras python -m eval.main_job [--demos 200] [--steps 3000] [--out outputs/main_job]
+
+``--toy true`` runs the same stages at toy size (a CI check that every stage's output is well-formed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import draccus
+
+
+@dataclass
+class MainJobConfig:
+    out: str = "outputs/main_job"
+    env: str = "reach"  # envs.ENV_SPECS name; lerobot-eval uses --env.type=dz_<env>
+    demos: int = 200
+    image_size: int = 64
+    preset: str = "small"
+    steps: int = 3000
+    batch_size: int = 16
+    lr: float = 3e-4
+    num_chunks: int = 1
+    eval_episodes: int = 50
+    eval_seed: int = 100_000  # held out: demonstrations use seeds 0 .. demos-1 (plus retries)
+    eval_batch: int = 10
+    inference_steps: int = 4
+    n_action_steps: int = 8
+    toy: bool = False
+    fresh: bool = False  # delete `out` first (otherwise finished stages are reused)
+    timings: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.toy:
+            self.demos, self.steps, self.eval_episodes, self.eval_batch = 3, 2, 2, 2
+            self.preset, self.image_size, self.batch_size = "tiny", 32, 2
+            self.n_action_steps, self.inference_steps = 0, 2  # 0 = the whole (4-action) tiny chunk
+
+
+def _stage(cfg: MainJobConfig, name: str):
+    class _T:
+        def __enter__(self):
+            print(f"\n=== {name} ===", flush=True)
+            self.t = time.perf_counter()
+
+        def __exit__(self, *exc):
+            cfg.timings[name] = round(time.perf_counter() - self.t, 1)
+            print(f"=== {name}: {cfg.timings[name]} s ===", flush=True)
+
+    return _T()
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def _lerobot_eval(cfg: MainJobConfig, policy_dir: Path, out: Path, extra: list[str]) -> dict:
+    cmd = [_bin("lerobot-eval"), f"--policy.path={policy_dir}", f"--env.type=dz_{cfg.env}",
+           f"--env.image_size={cfg.image_size}", f"--eval.n_episodes={cfg.eval_episodes}",
+           f"--eval.batch_size={cfg.eval_batch}", f"--seed={cfg.eval_seed}", "--policy.device=cpu",
+           f"--output_dir={out}", *extra]
+    if out.exists():
+        shutil.rmtree(out)
+    print(" ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    return json.loads((out / "eval_info.json").read_text())["overall"]
+
+
+def run(cfg: MainJobConfig) -> dict:
+    from envs.record import record
+    from eval.baselines import random_policy_success
+
+    out = Path(cfg.out)
+    if cfg.fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data, train_dir, policy_dir = out / "demos", out / "train", out / "policy"
+
+    with _stage(cfg, "record demonstrations"):
+        if not (data / "meta" / "info.json").exists():
+            if data.exists():
+                shutil.rmtree(data)
+            s = record(cfg.env, cfg.demos, data, seed=0, image_size=cfg.image_size)
+            print(f"{s.episodes} episodes, {s.frames} frames -> {data}")
+
+    with _stage(cfg, "train"):
+        train_args = [
+            f"--dataset_root={data}", f"--repo_id=local/dz_{cfg.env}", f"--output_dir={train_dir}",
+            f"--preset={cfg.preset}", f"--steps={cfg.steps}", f"--batch_size={cfg.batch_size}",
+            f"--num_chunks={cfg.num_chunks}", f"--optim.lr={cfg.lr}", f"--view_height={cfg.image_size}",
+            f"--view_width={cfg.image_size}", f"--save_every={max(1, cfg.steps // 4)}",
+            f"--precomputed={out / 'precomputed'}",
+        ]
+        if not (out / "precomputed").exists():
+            subprocess.run([_bin("dreamzero-train"), *train_args, "--precompute_only=true"], check=True)
+        subprocess.run([_bin("dreamzero-train"), *train_args], check=True)
+
+    with _stage(cfg, "export"):
+        subprocess.run([_bin("dreamzero-train"), "--export_from", str(train_dir), "--export_to", str(policy_dir)],
+                       check=True)
+
+    sampling = [f"--policy.num_inference_steps={cfg.inference_steps}", "--policy.cfg_scale=1.0",
+                f"--policy.n_action_steps={cfg.n_action_steps}"]
+    with _stage(cfg, "evaluate trained policy (lerobot-eval)"):
+        trained = _lerobot_eval(cfg, policy_dir, out / "eval_trained", sampling)
+    with _stage(cfg, "evaluate blank-instruction baseline (lerobot-eval)"):
+        blank = _lerobot_eval(cfg, policy_dir, out / "eval_blank", [*sampling, "--policy.blank_instruction=true"])
+    with _stage(cfg, "evaluate random baseline"):
+        seeds = range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes)
+        random_pc = random_policy_success(cfg.env, seeds, cfg.image_size)
+
+    with _stage(cfg, "imagined vs real frames"):
+        picture = _imagination(cfg, policy_dir, out / "imagination.png")
+
+    summary = {
+        "success_pct": {"trained": trained["pc_success"], "blank_instruction": blank["pc_success"],
+                        "random": random_pc},
+        "eval_episodes": cfg.eval_episodes, "eval_seeds": [seeds.start, seeds.stop - 1],
+        "videos": str(out / "eval_trained" / "videos"), "imagination": str(picture),
+        "loss_curve": str(next(iter(train_dir.glob("*.png")), "")), "seconds": cfg.timings,
+        "config": {k: v for k, v in asdict(cfg).items() if k != "timings"},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print("\n" + "=" * 60)
+    print(f"success over {cfg.eval_episodes} held-out episodes (seeds {seeds.start}..{seeds.stop - 1}):")
+    for k, v in summary["success_pct"].items():
+        print(f"  {k:<18} {v:6.1f} %")
+    print("time per stage (s):", json.dumps(cfg.timings))
+    print(f"videos: {summary['videos']}\nimagined vs real: {picture}\nsummary: {out / 'summary.json'}")
+    return summary
+
+
+def _imagination(cfg: MainJobConfig, policy_dir: Path, path: Path) -> Path:
+    from lerobot.configs.policies import PreTrainedConfig
+    from lerobot.policies.factory import make_pre_post_processors
+
+    import lerobot_policy_dreamzero  # noqa: F401
+    from dreamzero_policy.modeling_dreamzero import DreamZeroJaxPolicy
+    from eval.imagination import imagine_episode
+
+    pcfg = PreTrainedConfig.from_pretrained(policy_dir)
+    pcfg.num_inference_steps, pcfg.cfg_scale, pcfg.n_action_steps = cfg.inference_steps, 1.0, cfg.n_action_steps
+    policy = DreamZeroJaxPolicy.from_pretrained(policy_dir, config=pcfg)
+    pre, post = make_pre_post_processors(pcfg, pretrained_path=str(policy_dir))
+    return imagine_episode(policy, cfg.env, cfg.eval_seed, path, pre=pre, post=post, image_size=cfg.image_size)
+
+
+def main() -> None:
+    run(draccus.parse(MainJobConfig))
+
+
+if __name__ == "__main__":
+    main()
