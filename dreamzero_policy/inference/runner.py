@@ -98,7 +98,9 @@ class RolloutRunner:
         obs_first = _compile(lambda p, s, f: ro.observe_first(m(p), spec, s, f), self.params, state, f0)
         t = 4 * self.model.cfg.dit.frames_per_block
         frames = jax.ShapeDtypeStruct((batch, t, *frame.shape[1:]), jnp.float32)
-        obs_block = _compile(lambda p, s, f: ro.observe_block(m(p), spec, s, f), self.params, state, frames)
+        obs_block = None  # with one chunk per context no observed block is ever appended
+        if spec.max_chunks > 1:
+            obs_block = _compile(lambda p, s, f: ro.observe_block(m(p), spec, s, f), self.params, state, frames)
         ds = self.model.cfg.dit
         rs = jax.ShapeDtypeStruct((batch, ds.states_per_block, ds.state_dim), jnp.float32)
         emb = jax.ShapeDtypeStruct((batch,), jnp.int32)
