@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from dreamzero_policy.configuration_dreamzero import DreamZeroJaxConfig
 from dreamzero_policy.inference.observation import tile_views
+from dreamzero_policy.inference.relative_actions import RelativeActions
 from dreamzero_policy.inference.runner import RolloutRunner
 from dreamzero_policy.models.world_model import DreamZeroModel
 from dreamzero_policy.weights_io import WEIGHTS_NAME, load_weights, save_weights
@@ -57,6 +58,9 @@ class DreamZeroJaxPolicy(PreTrainedPolicy):
         self._device_anchor = nn.Parameter(torch.zeros(1), requires_grad=False)
         self._action_queue: deque[Tensor] = deque(maxlen=config.actions_per_plan)
         self.last_predicted_latents: np.ndarray | None = None
+        self.relative: RelativeActions | None = None
+        if config.relative_action_dims and dataset_stats is not None:
+            self.relative = RelativeActions.from_stats(config.relative_action_dims, dataset_stats)
 
     # ------------------------------------------------------------------ LeRobot API
     def get_optim_params(self) -> dict:
@@ -144,7 +148,15 @@ class DreamZeroJaxPolicy(PreTrainedPolicy):
         self.last_predicted_latents = latents
         n = self.config.actions_per_plan
         a_dim = self.config.action_feature.shape[0]
-        out = torch.from_numpy(np.ascontiguousarray(actions[:, :n, :a_dim])).to(self._device_anchor.device)
+        actions = actions[:, :n, :a_dim]
+        if self.config.relative_action_dims:
+            if self.relative is None:
+                raise ValueError(
+                    "relative_action_dims is set but no action/state statistics were given: build the policy "
+                    "with dataset_stats or load it from a directory holding its normalizer files"
+                )
+            actions = self.relative.to_absolute(actions, state)
+        out = torch.from_numpy(np.ascontiguousarray(actions)).to(self._device_anchor.device)
         if not torch.isfinite(out).all():
             raise FloatingPointError("the model produced a non-finite action; refusing to return it")
         return out
@@ -158,6 +170,9 @@ class DreamZeroJaxPolicy(PreTrainedPolicy):
     def _load_as_safetensor(cls, model: DreamZeroJaxPolicy, model_file: str, map_location: str, strict: bool):
         load_weights(model.model, model_file)  # always strict: a partial load would act silently wrong
         model.runner.set_params(model.model)
+        if model.config.relative_action_dims and model.relative is None:
+            model.relative = RelativeActions.from_pretrained_dir(model.config.relative_action_dims,
+                                                                 Path(model_file).parent)
         return model
 
     def load_model_state(self, model: DreamZeroModel) -> None:

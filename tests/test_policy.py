@@ -178,3 +178,21 @@ def test_default_task_fills_missing_instruction(policy):
         assert policy.select_action(o).shape == (B, 2)
     finally:
         policy.config.default_task = None
+
+
+def test_relative_action_dims_add_back_the_anchor_state(monkeypatch):
+    stats = {"action": {"q01": torch.tensor([-0.5, -1.0]), "q99": torch.tensor([0.5, 1.0])},
+             "observation.state": {"q01": torch.tensor([-2.0, -2.0]), "q99": torch.tensor([2.0, 2.0])}}
+    rel = DreamZeroJaxPolicy(make_config(relative_action_dims=[0]), dataset_stats=stats)
+    fixed = np.zeros((B, 4, 8), np.float32)
+    fixed[..., 0], fixed[..., 1] = 0.2, -0.4
+    monkeypatch.setattr(rel.runner, "step", lambda *a, **k: (fixed, np.zeros(1)))  # the model's (normalised) output
+    o = obs(3)
+    out = rel.predict_action_chunk(o).numpy()
+    s = (o["observation.state"].numpy() + 1) * 4 / 2 - 2  # un-normalised anchor state
+    a0 = (0.2 + 1) * 1.0 / 2 - 0.5 + s[:, 0]  # un-normalised relative action + anchor
+    np.testing.assert_allclose(out[..., 0], np.repeat((2 * (a0 + 0.5) / 1.0 - 1)[:, None], 2, 1), atol=1e-5)
+    np.testing.assert_allclose(out[..., 1], -0.4, atol=1e-6)  # absolute dim untouched
+    rel.relative = None
+    with pytest.raises(ValueError, match="statistics"):
+        rel.predict_action_chunk(o)
