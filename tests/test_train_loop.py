@@ -104,6 +104,7 @@ def test_sigkill_then_resume_reproduces_losses(data) -> None:
         assert abs(ref_l[s] - run_l[s]) <= 1e-6 * abs(ref_l[s]), (s, ref_l[s], run_l[s])
 
 
+@pytest.mark.slow
 def test_finetune_new_embodiment_from_pretrained(data) -> None:
     pre_run = data["tmp"] / "pre"
     _cli(
