@@ -9,7 +9,7 @@ pure token-level pieces (embed, run blocks, decode) composed by :meth:`CausalWan
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import jax
@@ -56,7 +56,6 @@ class DiTConfig:
     remat: bool = False
     attention: str = "xla"
     dtype: str = "float32"  # compute dtype; parameters stay float32
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def head_dim(self) -> int:
