@@ -115,8 +115,9 @@ def run(cfg: MainJobConfig) -> dict:
         subprocess.run([_bin("dreamzero-train"), "--export_from", str(train_dir), "--export_to", str(policy_dir)],
                        check=True)
 
+    # The context resets after as many chunks as a training window holds: longer contexts were never seen.
     sampling = [f"--policy.num_inference_steps={cfg.inference_steps}", "--policy.cfg_scale=1.0",
-                f"--policy.n_action_steps={cfg.n_action_steps}"]
+                f"--policy.n_action_steps={cfg.n_action_steps}", f"--policy.max_chunks_before_reset={cfg.num_chunks}"]
     with _stage(cfg, "evaluate trained policy (lerobot-eval)"):
         trained = _lerobot_eval(cfg, policy_dir, out / "eval_trained", sampling)
     with _stage(cfg, "evaluate blank-instruction baseline (lerobot-eval)"):
@@ -156,6 +157,7 @@ def _imagination(cfg: MainJobConfig, policy_dir: Path, path: Path) -> Path:
 
     pcfg = PreTrainedConfig.from_pretrained(policy_dir)
     pcfg.num_inference_steps, pcfg.cfg_scale, pcfg.n_action_steps = cfg.inference_steps, 1.0, cfg.n_action_steps
+    pcfg.max_chunks_before_reset = cfg.num_chunks
     policy = DreamZeroJaxPolicy.from_pretrained(policy_dir, config=pcfg)
     pre, post = make_pre_post_processors(pcfg, pretrained_path=str(policy_dir))
     return imagine_episode(policy, cfg.env, cfg.eval_seed, path, pre=pre, post=post, image_size=cfg.image_size)
