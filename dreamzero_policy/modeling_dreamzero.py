@@ -8,12 +8,10 @@ trainer (``dreamzero-train``), not through torch autograd: ``forward`` computes 
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 import torch
 from flax import nnx
@@ -181,6 +179,3 @@ class DreamZeroJaxPolicy(PreTrainedPolicy):
         self.runner.set_params(self.model)
         self.reset()
 
-
-def count_policy_params(policy: DreamZeroJaxPolicy) -> int:
-    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(policy.model, nnx.Param))))

@@ -14,7 +14,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from dreamzero_policy.models.action_tokens import (
@@ -357,8 +356,3 @@ class CausalWanDiT(nnx.Module):
         actions = self.decode_actions(x[:, nv : nv + reg.actions.shape[1]], reg.embodiment) if reg is not None else None
         return video, actions, (k[:, :, :nv], v[:, :, :nv])
 
-
-def count_params(cfg: DiTConfig) -> int:
-    """Parameter count from abstract shapes only (no allocation), via ``nnx.eval_shape``."""
-    abstract = nnx.eval_shape(lambda: CausalWanDiT(cfg, rngs=nnx.Rngs(0)))
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param))))

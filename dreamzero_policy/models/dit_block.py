@@ -26,6 +26,11 @@ class CrossKV(NamedTuple):
     v_img: jax.Array | None
 
 
+def split_heads(x: jax.Array, num_heads: int) -> jax.Array:
+    """(B, L, H*D) -> (B, L, H, D)."""
+    return x.reshape(*x.shape[:2], num_heads, -1)
+
+
 class SelfAttention(nnx.Module):
     def __init__(self, dim: int, num_heads: int, eps: float, *, rngs: nnx.Rngs, dtype=jnp.float32):
         self.num_heads = num_heads
@@ -34,13 +39,10 @@ class SelfAttention(nnx.Module):
         self.norm_q = RMSNorm(dim, eps=eps)
         self.norm_k = RMSNorm(dim, eps=eps)
 
-    def _heads(self, x: jax.Array) -> jax.Array:
-        return x.reshape(*x.shape[:2], self.num_heads, -1)
-
     def qkv(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        q = apply_rope(self._heads(self.norm_q(self.q(x))), cos, sin)
-        k = apply_rope(self._heads(self.norm_k(self.k(x))), cos, sin)
-        return q, k, self._heads(self.v(x))
+        q = apply_rope(split_heads(self.norm_q(self.q(x)), self.num_heads), cos, sin)
+        k = apply_rope(split_heads(self.norm_k(self.k(x)), self.num_heads), cos, sin)
+        return q, k, split_heads(self.v(x), self.num_heads)
 
 
 class CrossAttention(nnx.Module):
@@ -57,21 +59,19 @@ class CrossAttention(nnx.Module):
             self.k_img, self.v_img = lin(), lin()
             self.norm_k_img = RMSNorm(dim, eps=eps)
 
-    def _heads(self, x: jax.Array) -> jax.Array:
-        return x.reshape(*x.shape[:2], self.num_heads, -1)
-
     def kv(self, text: jax.Array, img: jax.Array | None) -> CrossKV:
-        k = self._heads(self.norm_k(self.k(text)))
-        v = self._heads(self.v(text))
+        k = split_heads(self.norm_k(self.k(text)), self.num_heads)
+        v = split_heads(self.v(text), self.num_heads)
         if not self.image:
             return CrossKV(k, v, None, None)
         if img is None:
             raise ValueError("this model has image cross-attention: CLIP image tokens are required")
-        return CrossKV(k, v, self._heads(self.norm_k_img(self.k_img(img))), self._heads(self.v_img(img)))
+        n = self.num_heads
+        return CrossKV(k, v, split_heads(self.norm_k_img(self.k_img(img)), n), split_heads(self.v_img(img), n))
 
     def __call__(self, x: jax.Array, kv: CrossKV, implementation: str) -> jax.Array:
         # No key mask on the text: the reference attends zeroed padding positions too.
-        q = self._heads(self.norm_q(self.q(x)))
+        q = split_heads(self.norm_q(self.q(x)), self.num_heads)
         out = attention(q, kv.k, kv.v, implementation=implementation)
         if self.image:
             out = out + attention(q, kv.k_img, kv.v_img, implementation=implementation)
