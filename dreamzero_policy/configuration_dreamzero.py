@@ -31,6 +31,14 @@ class DreamZeroJaxConfig(PreTrainedConfig):
     preset: str = "tiny"
     num_embodiments: int | None = None  # None: the preset's; raise it to add embodiments when fine-tuning
     embodiment_id: int = 0
+    # Padded action/state widths of the DiT; None = the preset's (8 for tiny/small, 32 for the real ones).
+    # Raise them for robots with more joints (aloha: 14).
+    action_dim: int | None = None
+    state_dim: int | None = None
+    # Per-channel VAE latent normalisation; None = the preset's. Real Wan VAEs ship theirs; for the randomly
+    # initialised VAEs of tiny/small, `dreamzero-train --latent_stats_frames N` estimates them from the data.
+    latents_mean: list[float] | None = None
+    latents_std: list[float] | None = None
     tokenizer_dir: str | None = None  # local HF tokenizer directory (real checkpoints); None: byte tokenizer
     dtype: str = "float32"  # compute dtype of the DiT ("bfloat16" on accelerators)
     attention_impl: str = "xla"  # "xla" (dense reference) or "cudnn"
@@ -93,7 +101,20 @@ class DreamZeroJaxConfig(PreTrainedConfig):
         overrides = {"dtype": self.dtype, "attention": self.attention_impl}
         if self.num_embodiments is not None:
             overrides["num_embodiments"] = self.num_embodiments
-        return get_preset(self.preset, **overrides)
+        if self.action_dim is not None:
+            overrides["action_dim"] = self.action_dim
+        if self.state_dim is not None:
+            overrides["state_dim"] = self.state_dim
+        mc = get_preset(self.preset, **overrides)
+        if (self.latents_mean is None) != (self.latents_std is None):
+            raise ValueError("latents_mean and latents_std must be given together")
+        if self.latents_mean is not None:
+            if min(self.latents_std) <= 0:
+                raise ValueError(f"latents_std must be positive, got {self.latents_std}")
+            vae = replace(mc.vae, latents_mean=tuple(map(float, self.latents_mean)),
+                          latents_std=tuple(map(float, self.latents_std)))  # validated on construction
+            mc = replace(mc, vae=vae)
+        return mc
 
     @property
     def chunk_size(self) -> int:
@@ -135,9 +156,11 @@ class DreamZeroJaxConfig(PreTrainedConfig):
             raise ValueError("dreamzero_jax needs an 'action' output feature")
         a, s = self.action_feature.shape[0], self.robot_state_feature.shape[0]
         if a > mc.dit.action_dim:
-            raise ValueError(f"action dim {a} exceeds the model's padded action_dim {mc.dit.action_dim}")
+            raise ValueError(f"action dim {a} exceeds the model's padded action_dim {mc.dit.action_dim} "
+                             f"(set --policy.action_dim={a} or more)")
         if s > mc.dit.state_dim:
-            raise ValueError(f"state dim {s} exceeds the model's padded state_dim {mc.dit.state_dim}")
+            raise ValueError(f"state dim {s} exceeds the model's padded state_dim {mc.dit.state_dim} "
+                             f"(set --policy.state_dim={s} or more)")
         bad = [d for d in self.relative_action_dims if not (0 <= d < min(a, s))]
         if bad:
             raise ValueError(f"relative_action_dims {bad} must index both action (dim {a}) and state (dim {s})")

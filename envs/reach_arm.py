@@ -22,6 +22,8 @@ MAX_JOINT_STEP = 0.12
 MAX_TIP_STEP = 0.08
 EXPERT_GAIN = 0.8
 DAMPING = 0.05
+SLOT_RADIUS = 1.1  # from the base, inside the reachable annulus used by the "random" layout
+SLOT_ANGLES = (np.deg2rad(35.0), np.deg2rad(145.0))
 LINK_COLOR = np.array([165, 165, 170], dtype=np.uint8)
 JOINT_COLOR = np.array([110, 110, 120], dtype=np.uint8)
 TIP_COLOR = np.array([245, 245, 245], dtype=np.uint8)
@@ -60,6 +62,10 @@ class ArmReachEnv(ReachEnv):
             return 0.75 <= float(np.linalg.norm(p - BASE)) <= reach - 0.2
 
         return self.sample_separated(rng, np.array([-0.8, -0.3]), np.array([0.8, 0.8]), reachable)
+
+    def target_slots(self) -> np.ndarray:
+        angles = np.linspace(*SLOT_ANGLES, self.n_targets)
+        return BASE + SLOT_RADIUS * np.stack([np.cos(angles), np.sin(angles)], axis=1)
 
     def sample_start(self, rng: np.random.Generator) -> None:
         for _ in range(10_000):

@@ -35,6 +35,12 @@ CAMERAS = ("top", "wrist")
 MIN_TARGET_SEPARATION = 0.45
 MIN_START_DISTANCE = 0.35
 WRIST_HALF_EXTENT = 0.35
+# Target layouts, easiest first. "fixed": every colour has its own slot (plus a small jitter), so the
+# instruction alone decides where to go; "slots": the same slots with the colours shuffled per episode, so
+# the policy must also find the named colour in the image; "random": positions anywhere, which needs far
+# more demonstrations than a CPU run can record to generalise.
+LAYOUTS = ("fixed", "slots", "random")
+SLOT_JITTER = 0.04
 
 
 def parse_cameras(cameras: str | Sequence[str]) -> tuple[str, ...]:
@@ -69,6 +75,7 @@ class ReachEnv(gym.Env, abc.ABC):
         target_radius: float = 0.11,
         render_mode: str | None = "rgb_array",
         render_size: int = 128,
+        layout: str = "slots",
     ) -> None:
         if image_size < 16:
             raise ValueError(f"image_size must be >= 16, got {image_size}")
@@ -76,6 +83,8 @@ class ReachEnv(gym.Env, abc.ABC):
             raise ValueError(f"n_targets must be in [2, {len(PALETTE)}], got {n_targets}")
         if success_radius <= 0 or target_radius <= 0:
             raise ValueError("success_radius and target_radius must be positive")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
         self.image_size = int(image_size)
@@ -85,6 +94,7 @@ class ReachEnv(gym.Env, abc.ABC):
         self.target_radius = float(target_radius)
         self.render_mode = render_mode
         self.render_size = int(render_size)
+        self.layout = layout
         self.target_colors: tuple[str, ...] = tuple(PALETTE)[: self.n_targets]
 
         low, high = self.state_bounds()
@@ -121,6 +131,10 @@ class ReachEnv(gym.Env, abc.ABC):
     @abc.abstractmethod
     def sample_targets(self, rng: np.random.Generator) -> np.ndarray:
         """(n_targets, 2) target centres reachable by this embodiment."""
+
+    @abc.abstractmethod
+    def target_slots(self) -> np.ndarray:
+        """(n_targets, 2) slot centres of the "fixed" and "slots" layouts, pairwise MIN_TARGET_SEPARATION apart."""
 
     @abc.abstractmethod
     def sample_start(self, rng: np.random.Generator) -> None:
@@ -194,7 +208,11 @@ class ReachEnv(gym.Env, abc.ABC):
         `seed` draws (the draw order does not depend on options); other option keys are ignored."""
         super().reset(seed=seed)
         rng = self.np_random
-        self.targets = self.sample_targets(rng)
+        if self.layout in ("fixed", "slots"):
+            order = rng.permutation(self.n_targets) if self.layout == "slots" else np.arange(self.n_targets)
+            self.targets = self.target_slots()[order] + rng.uniform(-SLOT_JITTER, SLOT_JITTER, (self.n_targets, 2))
+        else:
+            self.targets = self.sample_targets(rng)
         self.goal_index = int(rng.integers(self.n_targets))
         self.sample_start(rng)
         forced = (options or {}).get("target")

@@ -15,6 +15,7 @@ POSITION_LIMIT = 0.95
 AGENT_RADIUS = 0.07
 AGENT_COLOR = np.array([245, 245, 245], dtype=np.uint8)
 EXPERT_GAIN = 0.8
+SLOT_RADIUS = 0.6
 
 
 class PointReachEnv(ReachEnv):
@@ -32,6 +33,11 @@ class PointReachEnv(ReachEnv):
 
     def sample_targets(self, rng: np.random.Generator) -> np.ndarray:
         return self.sample_separated(rng, np.full(2, -0.8), np.full(2, 0.8))
+
+    def target_slots(self) -> np.ndarray:
+        # Evenly on a circle about the centre, the first one straight up.
+        angles = np.pi / 2 + 2 * np.pi * np.arange(self.n_targets) / self.n_targets
+        return SLOT_RADIUS * np.stack([np.cos(angles), np.sin(angles)], axis=1)
 
     def sample_start(self, rng: np.random.Generator) -> None:
         for _ in range(10_000):

@@ -20,7 +20,7 @@ from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_STATE
 
 import envs
 from envs.experts import ScriptedExpert
-from envs.reach_base import ReachEnv, parse_cameras
+from envs.reach_base import LAYOUTS, ReachEnv, parse_cameras
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ def record(
     cameras: str | Sequence[str] = "top",
     noise_std: float = 0.1,
     max_episode_steps: int | None = None,
+    layout: str = "slots",
 ) -> RecordSummary:
     """Record `n_episodes` successful expert episodes of `env_name` ('reach' or 'reach_arm') under `root`
     (which must not exist yet). Deterministic given the arguments."""
@@ -63,7 +64,7 @@ def record(
     root = Path(root)
     if root.exists():
         raise ValueError(f"dataset root {root} already exists; choose a new directory")
-    kwargs: dict = {"image_size": image_size, "cameras": ",".join(parse_cameras(cameras))}
+    kwargs: dict = {"image_size": image_size, "cameras": ",".join(parse_cameras(cameras)), "layout": layout}
     if max_episode_steps is not None:
         kwargs["max_episode_steps"] = max_episode_steps
     env = envs.make(env_name, **kwargs)
@@ -129,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--cameras", default="top", help="comma-separated subset of top,wrist")
     parser.add_argument("--noise-std", type=float, default=0.1)
     parser.add_argument("--max-episode-steps", type=int, default=None)
+    parser.add_argument("--layout", choices=LAYOUTS, default="slots")
     args = parser.parse_args(argv)
     summary = record(
         args.env,
@@ -140,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         cameras=args.cameras,
         noise_std=args.noise_std,
         max_episode_steps=args.max_episode_steps,
+        layout=args.layout,
     )
     print(
         f"wrote {summary.episodes} episodes / {summary.frames} frames of {args.env} to {summary.root} "

@@ -5,11 +5,13 @@ from __future__ import annotations
 import envs
 
 
-def random_policy_success(env_name: str, seeds: range, image_size: int = 64) -> float:
+def random_policy_success(env_name: str, seeds: range, image_size: int = 64, layout: str = "slots",
+                          max_episode_steps: int | None = None) -> float:
     """Percent of episodes a uniform-random policy (actions in the env's action space) solves."""
     wins = 0
+    limit = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
     for seed in seeds:
-        env = envs.make(env_name, image_size=image_size)
+        env = envs.make(env_name, image_size=image_size, layout=layout, **limit)
         env.action_space.seed(seed)
         env.reset(seed=seed)
         done, info = False, {}
@@ -21,13 +23,13 @@ def random_policy_success(env_name: str, seeds: range, image_size: int = 64) -> 
     return 100.0 * wins / max(1, len(seeds))
 
 
-def expert_success(env_name: str, seeds: range, image_size: int = 64) -> float:
+def expert_success(env_name: str, seeds: range, image_size: int = 64, layout: str = "slots") -> float:
     """The scripted expert on the same seeds (the ceiling)."""
     from envs.experts import ScriptedExpert
 
     wins = 0
     for seed in seeds:
-        env = envs.make(env_name, image_size=image_size)
+        env = envs.make(env_name, image_size=image_size, layout=layout)
         env.reset(seed=seed)
         expert = ScriptedExpert(env, seed=seed)
         done, info = False, {}

@@ -94,6 +94,32 @@ def test_instruction_decides_the_goal(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(EMBODIMENTS))
+def test_layouts(name: str) -> None:
+    from envs.reach_base import SLOT_JITTER
+
+    def scenes(layout: str) -> list[np.ndarray]:
+        env = envs.make(name, layout=layout)
+        out = []
+        for seed in range(12):
+            env.reset(seed=seed)
+            out.append(env.unwrapped.targets.copy())
+        return out
+
+    slots = envs.make(name).unwrapped.target_slots()
+    for t in scenes("fixed"):  # each colour near its own slot
+        assert np.abs(t - slots).max() <= SLOT_JITTER
+    orders = set()
+    for t in scenes("slots"):  # the same slots, colours shuffled
+        order = np.argmin(np.linalg.norm(t[:, None] - slots[None], axis=-1), axis=1)
+        assert sorted(order) == list(range(len(slots))) and np.abs(t - slots[order]).max() <= SLOT_JITTER
+        orders.add(tuple(order))
+    assert len(orders) > 1
+    assert any(np.abs(t - slots).max() > 0.2 for t in scenes("random"))
+    with pytest.raises(ValueError, match="layout"):
+        envs.make(name, layout="grid")
+
+
+@pytest.mark.parametrize("name", sorted(EMBODIMENTS))
 def test_expert_success_rate(name: str) -> None:
     env = envs.make(name)  # with the registered TimeLimit
     limit = env.spec.max_episode_steps

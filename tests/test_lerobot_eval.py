@@ -36,10 +36,13 @@ def test_lerobot_eval_in_process(tmp_path):
 @pytest.mark.parametrize("env_args", [
     ["--env.type=pusht", "--env.observation_height=96", "--env.observation_width=96",
      "--policy.default_task=push the T onto the target", "--eval.use_async_envs=false"],
+    ["--env.type=aloha", "--env.episode_length=40", "--policy.action_dim=14", "--policy.state_dim=14",
+     "--policy.view_height=48", "--policy.view_width=64", "--policy.default_task=insert the peg into the socket",
+     "--eval.use_async_envs=false"],
     ["--env.type=dz_reach"],
 ])
 def test_lerobot_eval_cli(tmp_path, env_args):
-    """Needs the pusht extra for gym-pusht: `uv run --extra pusht pytest -m slow`."""
+    """Needs the pusht / aloha extras: `uv run --all-extras pytest -m slow` (aloha renders with MUJOCO_GL=egl)."""
     out = tmp_path / "eval"
     cmd = [str(Path(sys.executable).parent / "lerobot-eval"), "--policy.type=dreamzero_jax", *env_args,
            "--eval.n_episodes=2", "--eval.batch_size=2", "--policy.num_inference_steps=2", "--policy.device=cpu",

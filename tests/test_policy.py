@@ -160,6 +160,14 @@ def test_config_validation_errors():
             input_features=make_config().input_features,
             output_features={"action": PolicyFeature(FeatureType.ACTION, (99,))},
         ).validate_features()
+    wide = {"observation.state": PolicyFeature(FeatureType.STATE, (14,)),
+            "observation.images.top": PolicyFeature(FeatureType.VISUAL, IMG)}
+    wide_out = {"action": PolicyFeature(FeatureType.ACTION, (14,))}
+    with pytest.raises(ValueError, match=r"--policy\.action_dim=14"):
+        DreamZeroJaxConfig(input_features=wide, output_features=wide_out).validate_features()
+    ok = DreamZeroJaxConfig(input_features=wide, output_features=wide_out, action_dim=14, state_dim=16)
+    ok.validate_features()
+    assert (ok.model_config().dit.action_dim, ok.model_config().dit.state_dim) == (14, 16)
     with pytest.raises(ValueError, match="n_action_steps"):
         make_config(preset="tiny").__class__(n_action_steps=99)
     with pytest.raises(ValueError, match="unknown preset"):

@@ -50,6 +50,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             train=False,
             crop=cfg.crop,
         )
+        if cfg.latent_stats_frames > 0 and cfg.latents_mean is None:
+            from dreamzero_policy.training.latent_stats import apply_latent_stats, estimate_latent_stats
+
+            apply_latent_stats(model, cfg, *estimate_latent_stats(model, ds, cfg.latent_stats_frames))
         print(f"wrote {precompute(ds, model, cfg.precomputed, cfg.batch_size)}")
         return
     from dreamzero_policy.training.run import train

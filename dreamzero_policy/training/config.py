@@ -44,6 +44,13 @@ class TrainConfig:
     embodiment_id: int = 0
     num_embodiments: int | None = None  # grow the category-specific layers when fine-tuning
     copy_embodiment_from: int = 0  # new embodiment slots start as copies of this one
+    action_dim: int | None = None  # padded widths of the DiT; None = the preset's
+    state_dim: int | None = None
+    # VAE latent normalisation (see training/latent_stats.py): explicit values, or estimated from this many
+    # training clips when > 0 (for randomly initialised VAEs); both unset = the preset's.
+    latents_mean: list[float] | None = None
+    latents_std: list[float] | None = None
+    latent_stats_frames: int = 0
     relative_action_dims: list[int] = field(default_factory=list)
     cameras: list[str] | None = None
     view_height: int = 32
@@ -80,6 +87,10 @@ class TrainConfig:
             preset=self.preset,
             embodiment_id=self.embodiment_id,
             num_embodiments=self.num_embodiments,
+            action_dim=self.action_dim,
+            state_dim=self.state_dim,
+            latents_mean=self.latents_mean,
+            latents_std=self.latents_std,
             relative_action_dims=list(self.relative_action_dims),
             cameras=self.cameras,
             view_height=self.view_height,

@@ -25,7 +25,6 @@ from dreamzero_policy.inference.observation import tile_views
 from dreamzero_policy.models.presets import ModelConfig
 from dreamzero_policy.models.tokenizer import Tokenizer
 
-STAT_KEYS = ("q01", "q99", "mean", "std", "min", "max")
 QUANTILE_EPS = 1e-8  # LeRobot's guard when q99 == q01
 
 
@@ -93,25 +92,23 @@ class EpisodeTable:
 
 
 def dataset_stats(
-    ds: LeRobotDataset, table: EpisodeTable, relative_dims: list[int], actions_per_block: int
+    table: EpisodeTable, relative_dims: list[int], actions_per_block: int
 ) -> dict[str, dict[str, np.ndarray]]:
-    """State/action statistics: LeRobot's own where they have q01/q99 (and actions are absolute);
-    otherwise computed here, actions relative to their chunk's start state on ``relative_dims``."""
-    meta = ds.meta.stats or {}
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for key, values in ((OBS_STATE, table.state), (ACTION, table.action)):
-        have = meta.get(key, {})
-        if all(k in have for k in STAT_KEYS) and not (key == ACTION and relative_dims):
-            out[key] = {k: np.asarray(have[k], np.float32) for k in STAT_KEYS}
-        elif key == ACTION:
-            idx = np.arange(len(table))[:, None] + np.arange(actions_per_block)[None]
-            idx = np.minimum(idx, table.run_end[:, None] - 1)
-            rel = table.action[idx].copy()  # (N, apb, A)
-            rel[..., relative_dims] -= table.state[:, None, relative_dims]
-            out[key] = {k: v.astype(np.float32) for k, v in _summary(rel.reshape(-1, rel.shape[-1])).items()}
-        else:
-            out[key] = {k: v.astype(np.float32) for k, v in _summary(values).items()}
-    return out
+    """State/action statistics computed over every frame of the dataset, actions relative to their
+    chunk's start state on ``relative_dims``.
+
+    LeRobot's ``meta/stats.json`` is not used: v3 aggregates per-episode q01/q99 by averaging them, which is
+    not a quantile of the dataset (on the reach demos it gives q01/q99 = -0.16/0.15 for actions that span
+    [-1, 1], so QUANTILES normalisation would clamp almost every action to +-1)."""
+    idx = np.arange(len(table))[:, None] + np.arange(actions_per_block)[None]
+    idx = np.minimum(idx, table.run_end[:, None] - 1)
+    rel = table.action[idx].copy()  # (N, apb, A)
+    rel[..., relative_dims] -= table.state[:, None, relative_dims]
+    actions = rel.reshape(-1, rel.shape[-1]) if relative_dims else table.action
+    return {
+        OBS_STATE: {k: v.astype(np.float32) for k, v in _summary(table.state).items()},
+        ACTION: {k: v.astype(np.float32) for k, v in _summary(actions).items()},
+    }
 
 
 def augment_views(views: list[np.ndarray], rng: np.random.Generator | None, crop: float) -> list[np.ndarray]:
@@ -170,7 +167,7 @@ class WindowDataset(torch.utils.data.Dataset):
                 f"dataset action/state dims {a}/{s} exceed the model's {self.action_dim}/{self.state_dim}"
             )
         self.relative = list(policy.relative_action_dims)
-        self.stats = stats or dataset_stats(ds, self.table, self.relative, self.spec.actions_per_block)
+        self.stats = stats or dataset_stats(self.table, self.relative, self.spec.actions_per_block)
         self.cameras = policy.camera_keys or sorted(k for k in ds.meta.camera_keys)
         self.seed, self.train, self.crop, self.jitter = seed, train, crop, jitter
         self._hf = ds.hf_dataset.with_format(None).select_columns(self.cameras)

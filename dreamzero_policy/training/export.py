@@ -68,6 +68,10 @@ def build_model(cfg: TrainConfig) -> DreamZeroModel:
         raise ValueError(
             f"init_from {cfg.init_from} is preset {src.preset!r} but the run asks for {cfg.preset!r}"
         )
+    for name in ("action_dim", "state_dim"):
+        want, have = getattr(cfg, name), getattr(src.model_config().dit, name)
+        if want is not None and want != have:
+            raise ValueError(f"init_from {cfg.init_from} has {name}={have}; the run asks for {want}")
     old = src.model_config().dit.num_embodiments
     new = cfg.num_embodiments or old
     mc = src.model_config()
@@ -113,6 +117,8 @@ def export_pretrained(output_dir: str | Path, export_to: str | Path, step: int |
     policy = cfg.policy_config()
     if cfg.num_embodiments is None:
         policy = replace(policy, num_embodiments=model.cfg.dit.num_embodiments)
+    # Widths come from the weights (a fine-tune inherits its source's padded dims).
+    policy = replace(policy, action_dim=model.cfg.dit.action_dim, state_dim=model.cfg.dit.state_dim)
     if cfg.dataset_root:
         feats = dataset_to_policy_features(
             LeRobotDatasetMetadata(cfg.repo_id, root=cfg.dataset_root).features

@@ -36,7 +36,7 @@ def teacher_forcing_loss(
 ) -> LossOutput:
     """x_t = (1 - s) x0 + s * noise, target = noise - x0; per-block timestep ids shared by the block's
     frames and actions (frame 0 independent); weighted MSE as the reference: video MSE averaged over
-    (H, W, C) per frame, action MSE masked and averaged over dims per token, each times its timestep's
+    (H, W, C) per frame, action MSE averaged over the real (unmasked) dims per token, each times its timestep's
     training weight, then averaged."""
     cfg = model.cfg
     b, f = batch.latents.shape[:2]
@@ -61,5 +61,8 @@ def teacher_forcing_loss(
     video_loss = jnp.mean(mse_v * schedule.training_weight(video_ids))
     sq_a = jnp.square(pred_a - schedule.velocity_target(x0_a, noise_a)) * batch.action_mask
     sq_a = sq_a * batch.has_real_action[:, None, None]
-    action_loss = jnp.mean(jnp.mean(sq_a, axis=2) * schedule.training_weight(action_ids))
+    # Masked mean over the real dims of each action token: padding a 2-dim robot to action_dim=8 must not
+    # shrink its action loss 4x relative to the video loss.
+    per_token = jnp.sum(sq_a, axis=2) / jnp.maximum(jnp.sum(batch.action_mask, axis=2), 1.0)
+    action_loss = jnp.mean(per_token * schedule.training_weight(action_ids))
     return LossOutput(video_loss + action_loss, video_loss, action_loss)

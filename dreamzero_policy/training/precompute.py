@@ -38,7 +38,9 @@ def precompute(
             **{k: np.asarray(v) for k, v in batch._asdict().items() if v is not None},
         )
     stats = {k: {s: np.asarray(v).tolist() for s, v in d.items()} for k, d in dataset.stats.items()}
-    (out / "stats.json").write_text(json.dumps({"stats": stats, "num_samples": n}))
+    vae = model.vae.cfg  # the latents above are normalised with these: training must use the same
+    latents = {"mean": list(vae.latents_mean), "std": list(vae.latents_std)}
+    (out / "stats.json").write_text(json.dumps({"stats": stats, "num_samples": n, "latents": latents}))
     return out
 
 
@@ -56,6 +58,7 @@ class PrecomputedDataset(torch.utils.data.Dataset):
         self.stats = {
             k: {s: np.asarray(v, np.float32) for s, v in d.items()} for k, d in meta["stats"].items()
         }
+        self.latent_stats: dict[str, list[float]] | None = meta.get("latents")
         self.n, self.seed = len(self.arrays["latents"]), seed
 
     def __len__(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import jax
@@ -66,6 +67,19 @@ def make_dataset(cfg: TrainConfig, model: DreamZeroModel, stats: dict | None = N
     )
 
 
+def _resolve_latent_stats(cfg: TrainConfig, model: DreamZeroModel, dataset) -> None:
+    """Precomputed latents fix the VAE statistics the DiT is trained (and exported) with; otherwise
+    estimate them when asked. Deterministic, so a resumed run finds the same values."""
+    from dreamzero_policy.training.latent_stats import apply_latent_stats, estimate_latent_stats
+
+    if isinstance(dataset, PrecomputedDataset):
+        if dataset.latent_stats is not None:
+            apply_latent_stats(model, cfg, dataset.latent_stats["mean"], dataset.latent_stats["std"])
+    elif cfg.latent_stats_frames > 0 and cfg.latents_mean is None:
+        windows = make_dataset(replace(cfg, augment=False), model, dataset.stats)
+        apply_latent_stats(model, cfg, *estimate_latent_stats(model, windows, cfg.latent_stats_frames))
+
+
 def save_loss_curve(records: list[dict], path: Path) -> None:
     """Loss vs step as a PNG drawn with Pillow (matplotlib is not a dependency), log-scale y."""
     from PIL import Image, ImageDraw
@@ -106,6 +120,7 @@ def train(cfg: TrainConfig) -> list[dict]:
         stats = stats_from_json(meta["stats"]) if meta.get("stats") else None
     dataset = make_dataset(cfg, model, stats)
     stats = dataset.stats
+    _resolve_latent_stats(cfg, model, dataset)
     start = int(jax.device_get(state["step"]))
     stop = min(cfg.steps, cfg.stop_at_step or cfg.steps)
     sampler = PositionSampler(
