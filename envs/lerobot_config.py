@@ -36,7 +36,7 @@ class _DzReachBase(EnvConfig):
     n_targets: int = 3
     success_radius: float = 0.1
     render_size: int = 128
-    layout: str = "slots"  # envs.reach_base.LAYOUTS: "fixed", "slots" (shuffled colours) or "random"
+    layout: str = "fixed"  # envs.reach_base.LAYOUTS: "fixed", "slots" (shuffled colours) or "random"
     features: dict[str, PolicyFeature] = field(default_factory=dict)
     features_map: dict[str, str] = field(default_factory=dict)
 

@@ -75,7 +75,7 @@ class ReachEnv(gym.Env, abc.ABC):
         target_radius: float = 0.11,
         render_mode: str | None = "rgb_array",
         render_size: int = 128,
-        layout: str = "slots",
+        layout: str = "fixed",
     ) -> None:
         if image_size < 16:
             raise ValueError(f"image_size must be >= 16, got {image_size}")

@@ -55,7 +55,7 @@ def record(
     cameras: str | Sequence[str] = "top",
     noise_std: float = 0.1,
     max_episode_steps: int | None = None,
-    layout: str = "slots",
+    layout: str = "fixed",
 ) -> RecordSummary:
     """Record `n_episodes` successful expert episodes of `env_name` ('reach' or 'reach_arm') under `root`
     (which must not exist yet). Deterministic given the arguments."""
@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--cameras", default="top", help="comma-separated subset of top,wrist")
     parser.add_argument("--noise-std", type=float, default=0.1)
     parser.add_argument("--max-episode-steps", type=int, default=None)
-    parser.add_argument("--layout", choices=LAYOUTS, default="slots")
+    parser.add_argument("--layout", choices=LAYOUTS, default="fixed")
     args = parser.parse_args(argv)
     summary = record(
         args.env,

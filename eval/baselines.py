@@ -5,7 +5,7 @@ from __future__ import annotations
 import envs
 
 
-def random_policy_success(env_name: str, seeds: range, image_size: int = 64, layout: str = "slots",
+def random_policy_success(env_name: str, seeds: range, image_size: int = 64, layout: str = "fixed",
                           max_episode_steps: int | None = None) -> float:
     """Percent of episodes a uniform-random policy (actions in the env's action space) solves."""
     wins = 0
@@ -23,7 +23,7 @@ def random_policy_success(env_name: str, seeds: range, image_size: int = 64, lay
     return 100.0 * wins / max(1, len(seeds))
 
 
-def expert_success(env_name: str, seeds: range, image_size: int = 64, layout: str = "slots") -> float:
+def expert_success(env_name: str, seeds: range, image_size: int = 64, layout: str = "fixed") -> float:
     """The scripted expert on the same seeds (the ceiling)."""
     from envs.experts import ScriptedExpert
 

@@ -27,7 +27,7 @@ def _obs(o: dict, task: str, pre) -> dict:
 
 
 def imagine_episode(policy: DreamZeroJaxPolicy, env_name: str, seed: int, out: Path, pre=None, post=None,
-                    image_size: int = 64, max_plans: int = 4, layout: str = "slots") -> Path:
+                    image_size: int = 64, max_plans: int = 4, layout: str = "fixed") -> Path:
     env = envs.make(env_name, image_size=image_size, layout=layout, cameras=",".join(
         k.split(".")[-1] for k in policy.config.camera_keys))
     o, _ = env.reset(seed=seed)

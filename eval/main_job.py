@@ -140,6 +140,7 @@ def run(cfg: MainJobConfig) -> dict:
         from dreamzero_policy.training.export import export_pretrained
 
         export_pretrained(train_dir, policy_dir)
+        _store_sampling(cfg, policy_dir)
 
     # The context resets after as many chunks as a training window holds: longer contexts were never seen.
     sampling = [f"--policy.num_inference_steps={cfg.inference_steps}", "--policy.cfg_scale=1.0",
@@ -171,6 +172,19 @@ def run(cfg: MainJobConfig) -> dict:
     print("time per stage (s):", json.dumps(cfg.timings))
     print(f"videos: {summary['videos']}\nimagined vs real: {picture}\nsummary: {out / 'summary.json'}")
     return summary
+
+
+def _store_sampling(cfg: MainJobConfig, policy_dir: Path) -> None:
+    """Save the sampling settings the job evaluates with into the exported config, so that a later
+    `lerobot-eval --policy.path=...` without flags runs the policy as measured."""
+    from lerobot.configs.policies import PreTrainedConfig
+
+    import lerobot_policy_dreamzero  # noqa: F401
+
+    pcfg = PreTrainedConfig.from_pretrained(policy_dir)
+    pcfg.num_inference_steps, pcfg.cfg_scale, pcfg.n_action_steps = cfg.inference_steps, 1.0, cfg.n_action_steps
+    pcfg.max_chunks_before_reset = cfg.num_chunks
+    pcfg._save_pretrained(policy_dir)
 
 
 def _imagination(cfg: MainJobConfig, policy_dir: Path, path: Path) -> Path:

@@ -23,6 +23,7 @@ def test_main_job_toy(tmp_path):
     config = json.loads((policy / "config.json").read_text())
     assert config["type"] == "dreamzero_jax" and config["preset"] == "tiny"
     assert config["latents_mean"] == pre["latents"]["mean"]  # the stats the DiT was trained with
+    assert (config["num_inference_steps"], config["cfg_scale"]) == (2, 1.0)  # as evaluated
     weights = load_file(policy / "model.safetensors")
     assert weights and all(v.size for v in weights.values())
     assert (policy / "policy_preprocessor.json").exists() and (policy / "policy_postprocessor.json").exists()
