@@ -14,7 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-_EPS = 1e-8  # LeRobot's NormalizerProcessorStep epsilon for degenerate quantiles
+QUANTILE_EPS = 1e-8  # LeRobot's NormalizerProcessorStep epsilon for degenerate quantiles
+
+
+def to_quantile_space(x: np.ndarray, q01: np.ndarray, q99: np.ndarray) -> np.ndarray:
+    """LeRobot's QUANTILES normalisation: q01 -> -1, q99 -> +1 (not clamped)."""
+    return 2.0 * (x - q01) / np.where(q99 - q01 == 0, QUANTILE_EPS, q99 - q01) - 1.0
+
+
+def from_quantile_space(x: np.ndarray, q01: np.ndarray, q99: np.ndarray) -> np.ndarray:
+    return (x + 1.0) * np.where(q99 - q01 == 0, QUANTILE_EPS, q99 - q01) / 2.0 + q01
 
 
 @dataclass(frozen=True)
@@ -48,21 +57,11 @@ class RelativeActions:
             stats.setdefault(feature, {})[stat] = value
         return cls.from_stats(dims, stats)
 
-    @staticmethod
-    def _unnorm(x: np.ndarray, q01: np.ndarray, q99: np.ndarray) -> np.ndarray:
-        d = np.where(q99 - q01 == 0, _EPS, q99 - q01)
-        return (x + 1.0) * d / 2.0 + q01
-
-    @staticmethod
-    def _norm(x: np.ndarray, q01: np.ndarray, q99: np.ndarray) -> np.ndarray:
-        d = np.where(q99 - q01 == 0, _EPS, q99 - q01)
-        return 2.0 * (x - q01) / d - 1.0
-
     def to_absolute(self, actions: np.ndarray, state: np.ndarray) -> np.ndarray:
         """actions (B, n, A) and state (B, S), both normalised -> normalised absolute actions."""
         a_dim, s_dim = actions.shape[-1], state.shape[-1]
-        a = self._unnorm(actions.astype(np.float64), self.action_q01[:a_dim], self.action_q99[:a_dim])
-        s = self._unnorm(state.astype(np.float64), self.state_q01[:s_dim], self.state_q99[:s_dim])
+        a = from_quantile_space(actions.astype(np.float64), self.action_q01[:a_dim], self.action_q99[:a_dim])
+        s = from_quantile_space(state.astype(np.float64), self.state_q01[:s_dim], self.state_q99[:s_dim])
         d = list(self.dims)
         a[..., d] += s[:, None, d]
-        return self._norm(a, self.action_q01[:a_dim], self.action_q99[:a_dim]).astype(np.float32)
+        return to_quantile_space(a, self.action_q01[:a_dim], self.action_q99[:a_dim]).astype(np.float32)

@@ -22,10 +22,9 @@ from lerobot.utils.constants import ACTION, OBS_STATE
 
 from dreamzero_policy.configuration_dreamzero import DreamZeroJaxConfig
 from dreamzero_policy.inference.observation import tile_views
+from dreamzero_policy.inference.relative_actions import to_quantile_space
 from dreamzero_policy.models.presets import ModelConfig
 from dreamzero_policy.models.tokenizer import Tokenizer
-
-QUANTILE_EPS = 1e-8  # LeRobot's guard when q99 == q01
 
 
 @dataclass(frozen=True)
@@ -53,8 +52,7 @@ class WindowSpec:
 def quantile_normalize(x: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:
     """q01/q99 -> [-1, 1] as LeRobot's QUANTILES mode, then clamped as the reference."""
     q01, q99 = np.asarray(stats["q01"], np.float32), np.asarray(stats["q99"], np.float32)
-    denom = np.where(q99 - q01 == 0, QUANTILE_EPS, q99 - q01)
-    return np.clip(2.0 * (x - q01) / denom - 1.0, -1.0, 1.0).astype(np.float32)
+    return np.clip(to_quantile_space(x, q01, q99), -1.0, 1.0).astype(np.float32)
 
 
 def _summary(x: np.ndarray) -> dict[str, np.ndarray]:

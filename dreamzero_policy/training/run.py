@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import jax
@@ -76,8 +75,8 @@ def _resolve_latent_stats(cfg: TrainConfig, model: DreamZeroModel, dataset) -> N
         if dataset.latent_stats is not None:
             apply_latent_stats(model, cfg, dataset.latent_stats["mean"], dataset.latent_stats["std"])
     elif cfg.latent_stats_frames > 0 and cfg.latents_mean is None:
-        windows = make_dataset(replace(cfg, augment=False), model, dataset.stats)
-        apply_latent_stats(model, cfg, *estimate_latent_stats(model, windows, cfg.latent_stats_frames))
+        # window(anchor, None) is the eval transform, so the training dataset serves unaugmented clips.
+        apply_latent_stats(model, cfg, *estimate_latent_stats(model, dataset, cfg.latent_stats_frames))
 
 
 def save_loss_curve(records: list[dict], path: Path) -> None:
