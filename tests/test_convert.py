@@ -356,7 +356,250 @@ def test_torch_file_weights_only(tmp_path, flat, ref_sd):
 
 def test_cli(tmp_path, ref_sd, capsys):
     src = _write_dir(tmp_path / "src", ref_sd)
-    main([str(src), str(tmp_path / "out"), "--parts", "dit,vae", "--quiet"])
+    main([f"--src={src}", f"--out={tmp_path / 'out'}", "--parts=dit,vae", "--quiet=true"])
     assert "preset tiny, parts dit,vae" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="unknown parts"):
-        main([str(src), str(tmp_path / "o2"), "--parts", "dit,unet", "--quiet"])
+        main([f"--src={src}", f"--out={tmp_path / 'o2'}", "--parts=dit,unet", "--quiet=true"])
+    with pytest.raises(SystemExit, match="--src=CHECKPOINT_DIR and --out=OUTPUT_DIR are required"):
+        main([f"--out={tmp_path / 'o2'}"])
+    with pytest.raises(SystemExit, match=r"dreamzero-convert: `no_stats`: Couldn't parse 'maybe'"):
+        main([f"--src={src}", f"--out={tmp_path / 'o2'}", "--no_stats=maybe"])
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    usage = capsys.readouterr().out
+    assert all(f in usage for f in ("--src", "--out", "--lora_alpha", "--no_stats", "--tokenizer_dir"))
+    assert not (tmp_path / "o2").exists()
+
+
+# ---------------------------------------------------------------- where the output goes (all-or-nothing)
+
+
+def _tree(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_refuses_outputs_that_touch_the_source(tmp_path, ref_sd):
+    src = _write_dir(tmp_path / "src", ref_sd)
+    before = _tree(src)
+    (tmp_path / "link").symlink_to(src)
+    cases = {
+        src: "is the checkpoint directory",
+        tmp_path / "link": "is the checkpoint directory",  # symlinks are resolved
+        src / "converted": "inside the checkpoint directory",
+        tmp_path / "link" / "converted": "inside the checkpoint directory",
+        tmp_path: "contains the checkpoint directory",
+    }
+    for out, why in cases.items():
+        with pytest.raises(ValueError, match=why):
+            convert_checkpoint(src, out, progress=False)
+    with pytest.raises(SystemExit, match="is the checkpoint directory"):
+        main([f"--src={src}", f"--out={src}", "--quiet=true"])  # the CLI used to report success here
+    with pytest.raises(ValueError, match="is the checkpoint directory"):
+        convert_checkpoint(src / "model.safetensors", src, progress=False)  # a file source: its directory
+    assert _tree(src) == before and sorted(p.name for p in tmp_path.iterdir()) == ["link", "src"]
+
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ValueError, match="exists and is not a directory"):
+        convert_checkpoint(src, tmp_path / "a_file", progress=False)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty and is not an earlier dreamzero-convert output"):
+        convert_checkpoint(src, foreign, progress=False)
+    assert _tree(foreign) == {"notes.txt": b"mine"}
+    (tmp_path / "empty").mkdir()
+    convert_checkpoint(src, tmp_path / "empty", progress=False)  # an empty directory is fine
+    assert (tmp_path / "empty" / WEIGHTS_NAME).is_file()
+
+
+def test_failed_conversion_leaves_no_output_and_keeps_the_earlier_one(tmp_path, flat, ref_sd):
+    src = _write_dir(tmp_path / "src", ref_sd)
+    out = tmp_path / "out"
+    convert_checkpoint(src, out, progress=False)
+    earlier = _tree(out)
+    marker = json.loads((out / "conversion.json").read_text())
+    assert marker["tool"] == "dreamzero-convert" and marker["source"] == str(src.resolve())
+
+    bad = dict(ref_sd)
+    key = "action_head.vae.model.decoder.head.2.weight"
+    bad[key] = bad[key].copy()
+    bad[key].flat[3] = np.nan
+    bad_src = _write_dir(tmp_path / "bad_src", bad)
+    with pytest.raises(ValueError, match=re.escape(key) + r": 1 of \d+ values are NaN or inf"):
+        convert_checkpoint(bad_src, out, progress=False)  # fails while streaming the weights
+    assert _tree(out) == earlier  # the earlier output is untouched ...
+    with pytest.raises(ValueError, match="NaN or inf"):
+        convert_checkpoint(bad_src, tmp_path / "new", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad_src", "out", "src"]  # ... and nothing is left
+
+    convert_checkpoint(src, out, parts="dit", progress=False)  # an earlier output is replaced as a whole
+    assert set(read_weights(out / WEIGHTS_NAME)) == {k for k in flat if k.startswith("dit/")}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad_src", "out", "src"]
+
+
+# ---------------------------------------------------------------- hostile checkpoints
+
+
+def test_nonfinite_weights_refused_unless_allowed(tmp_path, ref_sd, capsys):
+    sd = dict(ref_sd)
+    key = P + "blocks.1.ffn.0.weight"
+    sd[key] = sd[key].copy()
+    sd[key][0, :2] = [np.inf, np.nan]
+    src = _write_dir(tmp_path / "src", sd)
+    with pytest.raises(SystemExit, match=re.escape(key) + r": 2 of 2048 values are NaN or inf.*--allow_nonfinite=true"):
+        main([f"--src={src}", f"--out={tmp_path / 'out'}", "--quiet=true"])
+    assert not (tmp_path / "out").exists()
+    main([f"--src={src}", f"--out={tmp_path / 'out'}", "--quiet=true", "--allow_nonfinite=true"])
+    got = read_weights(tmp_path / "out" / WEIGHTS_NAME)["dit/blocks/ffn_0/kernel"][1]
+    assert np.isinf(got[0, 0]) and np.isnan(got[1, 0])
+
+
+def _sharded(src: Path, ref_sd: dict, where: dict[str, object]) -> None:
+    src.mkdir()
+    (src / "model.safetensors.index.json").write_text(json.dumps({"weight_map": where}))
+
+
+@pytest.mark.parametrize(
+    "weight_map,match",
+    [
+        ("list", r"'weight_map' must be a non-empty JSON object .* got list"),
+        ("ints", r"shard names must be strings"),
+        ("parent", r"names the shard '\.\./outside\.safetensors' outside its directory"),
+        ("absolute", r"names the shard '/.*outside\.safetensors' outside its directory"),
+    ],
+)
+def test_hostile_shard_index(tmp_path, ref_sd, weight_map, match):
+    outside = tmp_path / "outside.safetensors"
+    save_flat(ref_sd, outside)  # a complete checkpoint an escaping index could read
+    keys = sorted(ref_sd)
+    maps = {
+        "list": [[k, "model.safetensors"] for k in keys],
+        "ints": dict.fromkeys(keys, 3),
+        "parent": dict.fromkeys(keys, "../outside.safetensors"),
+        "absolute": dict.fromkeys(keys, str(outside)),
+    }
+    _sharded(tmp_path / "src", ref_sd, maps[weight_map])
+    with pytest.raises(ValueError, match=match):
+        convert_checkpoint(tmp_path / "src", tmp_path / "out", require_stats=False, progress=False)
+    with pytest.raises(SystemExit, match=r"dreamzero-convert: corrupt checkpoint index|outside its directory"):
+        main([f"--src={tmp_path / 'src'}", f"--out={tmp_path / 'out'}", "--no_stats=true", "--quiet=true"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_source_and_bad_config_json(tmp_path, ref_sd):
+    with pytest.raises(FileNotFoundError, match=r"checkpoint source .*/nowhere does not exist"):
+        convert_checkpoint(tmp_path / "nowhere", tmp_path / "out", progress=False)
+    with pytest.raises(SystemExit, match=r"checkpoint source .*/nowhere does not exist"):
+        main([f"--src={tmp_path / 'nowhere'}", f"--out={tmp_path / 'out'}"])
+    src = _write_dir(tmp_path / "src", ref_sd, config_json=[1, 2])  # valid JSON, not a config
+    with pytest.raises(ValueError, match=r"src/config\.json: expected a JSON object .* got list"):
+        convert_checkpoint(src, tmp_path / "out", progress=False)
+    (src / "config.json").write_text('{"action_head_cfg": ')
+    with pytest.raises(SystemExit, match=r"cannot read .*src/config\.json"):
+        main([f"--src={src}", f"--out={tmp_path / 'out'}", "--quiet=true"])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda m: m["droid"]["statistics"]["state"]["gripper_position"].update(q99=[float("nan")]),
+         r"statistics\.state 'q99' hold NaN or inf"),
+        (lambda m: m["droid"]["statistics"]["action"]["joint_position"].update(mean=[[0.0] * 5] * 24),
+         "per-horizon statistics are not supported"),
+        (lambda m: m["droid"]["statistics"]["action"]["joint_position"].update(std="wide"), "are not numbers"),
+        (lambda m: m["droid"].update(modalities="cameras"), "no statistics.state / statistics.action maps"),
+        (lambda m: m["droid"]["modalities"]["video"]["exterior_image_1_left"].pop("resolution"),
+         r"modalities\.video must map each camera"),
+    ],
+)
+def test_hostile_metadata(tmp_path, edit, match):
+    from dreamzero_policy.convert.normalization_stats import read_reference_stats
+
+    meta = json.loads(json.dumps(METADATA))
+    edit(meta)
+    (tmp_path / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"metadata\.json: .*" + match):
+        read_reference_stats(tmp_path / "metadata.json")
+
+
+# ---------------------------------------------------------------- the policy settings of a real checkpoint
+
+DROID_META = json.loads(json.dumps(METADATA))
+DROID_META["oxe_droid"] = DROID_META.pop("droid")
+DROID_META["oxe_droid"]["modalities"]["video"] = {
+    name: {"resolution": [320, 180], "channels": 3, "fps": 15}
+    for name in ("exterior_image_1_left", "exterior_image_2_left", "wrist_image_left")
+}
+
+
+def test_converted_config_carries_the_reference_run_settings(tmp_path, ref_sd, capsys):
+    from dreamzero_policy.configuration_dreamzero import REFERENCE_DIT_STEPS, DreamZeroJaxConfig
+
+    bf = {k: v.astype(ml_dtypes.bfloat16) for k, v in ref_sd.items()}
+    src = _write_dir(tmp_path / "src", bf, meta=DROID_META)
+    (src / "experiment_cfg" / "conf.yaml").write_text(
+        "image_resolution_width: 32\nimage_resolution_height: 16\nnum_frames: 33\n"
+    )
+    tok = tmp_path / "umt5"
+    tok.mkdir()
+    (tok / "tokenizer_config.json").write_text("{}")
+    out = tmp_path / "out"
+    main([f"--src={src}", f"--out={out}", f"--tokenizer_dir={tok}", "--quiet=true"])
+    assert "warning" not in capsys.readouterr().out
+    saved = json.loads((out / "config.json").read_text())
+    wrist, ext1, ext2 = (f"observation.images.{n}" for n in ("wrist_image_left", "exterior_image_1_left",
+                                                              "exterior_image_2_left"))
+    assert saved["tiling"] == "droid" and saved["cameras"] == [wrist, ext1, ext2]  # wrist on top
+    assert (saved["view_height"], saved["view_width"]) == (16, 32)  # conf.yaml, per view
+    assert saved["dtype"] == "bfloat16" and saved["tokenizer_dir"] == str(tok.resolve())
+    assert saved["num_inference_steps"] == 16 and saved["dit_steps"] == list(REFERENCE_DIT_STEPS)
+    assert saved["cfg_scale"] == saved["sigma_shift"] == 5.0 and saved["max_chunks_before_reset"] == 4
+    assert saved["n_action_steps"] == min(4 * CFG.dit.frames_per_block, CFG.dit.actions_per_block)
+    cfg = DreamZeroJaxConfig.from_pretrained(out)
+    assert cfg.frame_size == (32, 64) and cfg.input_features[wrist].shape == (3, 180, 320)
+
+    # fp32 weights, a tokenizer shipped in the checkpoint, no conf.yaml: the cameras' own size
+    (src / "experiment_cfg" / "conf.yaml").unlink()
+    save_flat(ref_sd, src / "model.safetensors")
+    (src / "tokenizer").mkdir()
+    (src / "tokenizer" / "spiece.model").write_bytes(b"x")
+    convert_checkpoint(src, out, progress=False)
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["dtype"] == "float32" and saved["tokenizer_dir"] == str((src / "tokenizer").resolve())
+    assert (saved["view_height"], saved["view_width"]) == (180, 320)
+    with pytest.raises(ValueError, match="--tokenizer_dir=.*not a tokenizer directory"):
+        convert_checkpoint(src, out, tokenizer_dir=str(tmp_path), progress=False)
+
+
+def test_reference_settings_of_the_real_presets():
+    from dreamzero_policy.convert.policy_settings import policy_settings
+
+    droid = {f"observation.images.{n}": (3, 180, 320) for n in ("exterior_image_1_left", "exterior_image_2_left",
+                                                                 "wrist_image_left")}
+
+    def settings(preset, **kw):
+        args = dict(cameras=droid, embodiment="oxe_droid", config_json=None, conf=None,
+                    dit_dtypes=[np.dtype(ml_dtypes.bfloat16)], src_dir=Path("/nonexistent"), tokenizer_dir=None)
+        return policy_settings(preset, get_preset(preset), **(args | kw))
+
+    s14 = settings("wan21_14b")
+    assert (s14.fields["view_height"], s14.fields["view_width"], s14.fields["tiling"]) == (176, 320, "droid")
+    assert s14.fields["n_action_steps"] == 8 and s14.fields["dtype"] == "bfloat16"  # 8 of 24, as the reference
+    assert any("--tokenizer_dir=DIR" in w and "google/umt5-xxl" in w for w in s14.warnings)
+    s5 = settings("wan22_5b")  # the 5B head resizes the tiled frame to 160x320: 80x160 per view
+    assert (s5.fields["view_height"], s5.fields["view_width"]) == (80, 160)
+    s5 = settings("wan22_5b", config_json={"action_head_cfg": {"config": {"target_video_height": 176,
+                                                                          "target_video_width": 320}}})
+    assert (s5.fields["view_height"], s5.fields["view_width"]) == (88, 160)
+    two = {k: v for k, v in droid.items() if "2" not in k}
+    other = settings("wan21_14b", cameras=two, embodiment="agibot")
+    assert other.fields["tiling"] == "row" and any("2x2 grid" in w for w in other.warnings)
+
+
+def test_tokenizer_error_names_the_policy_flag():
+    from dreamzero_policy.models.world_model import make_tokenizer
+
+    with pytest.raises(ValueError, match=r"--policy\.tokenizer_dir=DIR"):
+        make_tokenizer(get_preset("wan21_14b"))

@@ -1,16 +1,21 @@
 """Roboarena websocket protocol: round trip, malformed / oversized requests, reset and sessions, health."""
 
+import threading
+import time
+
 import msgpack
 import msgpack_numpy
 import numpy as np
 import pytest
 import websockets
 from lerobot.configs.types import FeatureType, PolicyFeature
+from serving_stubs import CHUNK, DROID_CAMERAS, StubPlanner
 
 from dreamzero_policy.configuration_dreamzero import DreamZeroJaxConfig
 from dreamzero_policy.modeling_dreamzero import DreamZeroJaxPolicy
 from dreamzero_policy.serving import protocol as P
 from dreamzero_policy.serving.backend import RoboarenaBackend
+from dreamzero_policy.serving.cameras import default_camera_map
 from dreamzero_policy.serving.client import PolicyClient, ServerError
 from dreamzero_policy.serving.planner import PolicyPlanner
 from dreamzero_policy.serving.server import PolicyServer
@@ -126,7 +131,7 @@ def test_protocol_round_trip_matches_in_process(served, client):
         (P.packb({"endpoint": "train"}), "'endpoint'"),
         (
             P.packb({**{k: v for k, v in obs().items() if k != P.WRIST}, "endpoint": "infer"}),
-            "wrist_image_left",
+            "missing camera 'observation/wrist_image_left'",
         ),
         (P.packb({**obs(), P.JOINT_POSITION: np.zeros(6, np.float32), "endpoint": "infer"}), "7 numbers"),
         (P.packb({**obs(), P.EXTERIOR_0: np.zeros((8, 8), np.uint8), "endpoint": "infer"}), "H, W, 3"),
@@ -203,3 +208,106 @@ def test_backend_rejects_a_policy_without_the_roboarena_dims():
     )
     with pytest.raises(ValueError, match="state and action dim 8"):
         RoboarenaBackend(PolicyPlanner(policy))
+
+
+# ---------------------------------------------------------------- cameras are matched by name
+
+
+@pytest.mark.parametrize(
+    "cameras,expected",
+    [
+        (("exterior_0", "exterior_1", "wrist"), ("exterior_0", "exterior_1", "wrist")),
+        # DROID training data numbers its exteriors 1 and 2; roboarena 0 and 1
+        (DROID_CAMERAS, DROID_CAMERAS),
+        # sorted key order would feed the wrist stream to exterior 0 here
+        (("a_wrist", "exterior_image_1_left", "exterior_image_2_left"),
+         ("exterior_image_1_left", "exterior_image_2_left", "a_wrist")),
+        (("exterior_10", "exterior_9", "wrist_cam"), ("exterior_9", "exterior_10", "wrist_cam")),
+    ],
+)
+def test_default_camera_map_matches_by_name(cameras, expected):
+    keys = [f"observation.images.{c}" for c in cameras]
+    want = {rk: f"observation.images.{c}" for rk, c in zip(P.IMAGE_KEYS, expected, strict=True)}
+    assert default_camera_map(keys) == want
+    assert RoboarenaBackend(StubPlanner(cameras)).camera_map == want
+
+
+def test_default_camera_map_covers_fewer_cameras():
+    got = default_camera_map(["observation.images.wrist", "observation.images.exterior_image_1_left"])
+    assert got == {P.EXTERIOR_0: "observation.images.exterior_image_1_left", P.WRIST: "observation.images.wrist"}
+    meta = RoboarenaBackend(StubPlanner(("wrist", "exterior_image_1_left"))).metadata()
+    assert meta.n_external_cameras == 1 and meta.needs_wrist_camera
+
+
+@pytest.mark.parametrize(
+    "cameras",
+    [("top", "exterior_0", "wrist"), ("wrist_left", "wrist_right", "exterior_0"),
+     ("exterior_0", "exterior_1", "exterior_2")],
+)
+def test_unmatched_cameras_need_an_explicit_map(cameras):
+    with pytest.raises(ValueError, match=r"cannot match the policy cameras .* give an explicit camera map, e\.g\. "
+                                         r"--camera_map="):
+        RoboarenaBackend(StubPlanner(cameras))
+    explicit = {P.EXTERIOR_0: cameras[0], P.EXTERIOR_1: cameras[1], P.WRIST: f"observation.images.{cameras[2]}"}
+    backend = RoboarenaBackend(StubPlanner(cameras), camera_map=explicit)
+    assert backend.camera_map[P.EXTERIOR_0] == f"observation.images.{cameras[0]}"
+    with pytest.raises(ValueError, match="must name each policy camera exactly once"):
+        RoboarenaBackend(StubPlanner(cameras), camera_map={P.WRIST: cameras[0], P.EXTERIOR_0: cameras[0]})
+
+
+def test_configured_camera_missing_from_a_request():
+    backend = RoboarenaBackend(StubPlanner(("top", "wrist")), camera_map={"cam/top": "top", P.WRIST: "wrist"})
+    o = obs()
+    with pytest.raises(P.ProtocolError, match="missing camera 'cam/top'"):
+        backend.infer(o)
+    o["cam/top"] = o.pop(P.EXTERIOR_0)
+    np.testing.assert_array_equal(backend.infer(o), CHUNK)
+
+
+# ---------------------------------------------------------------- per-request bounds, work outside the lock
+
+
+def test_frames_and_pixels_per_request_are_bounded_before_any_conversion():
+    planner = StubPlanner()
+    backend = RoboarenaBackend(planner, max_frame_pixels=64 * 64)
+    many = obs() | {k: np.zeros((10_000, 1, 1, 3), np.uint8) for k in P.IMAGE_KEYS}  # ~90 KB on the wire
+    t = time.perf_counter()
+    with pytest.raises(P.ProtocolError, match=r"10000 frames in one request; at most 16"):
+        backend.infer(many)
+    assert time.perf_counter() - t < 0.5 and not planner.planned and not planner.recorded
+    with pytest.raises(P.ProtocolError, match=r"65x64 frames exceed 4096 pixels"):
+        backend.infer(obs() | {P.WRIST: np.zeros((65, 64, 3), np.uint8)})
+    np.testing.assert_array_equal(backend.infer(obs(frames=P.MAX_FRAMES_PER_REQUEST)), CHUNK)
+    assert len(planner.recorded) == P.MAX_FRAMES_PER_REQUEST - 1
+    small = RoboarenaBackend(planner, max_frames=2)
+    with pytest.raises(P.ProtocolError, match="3 frames in one request; at most 2"):
+        small.infer(obs(frames=3))
+
+
+class SlowPrepare(RoboarenaBackend):
+    """prepare() blocks until released: stands in for a large request being decoded and resized."""
+
+    def __init__(self, planner):
+        super().__init__(planner)
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def prepare(self, o):
+        if o.get(P.SESSION_ID) == "slow":
+            self.entered.set()
+            assert self.release.wait(30)
+        return super().prepare(o)
+
+
+def test_request_validation_runs_outside_the_policy_lock():
+    backend = SlowPrepare(StubPlanner())
+    server = PolicyServer(backend, port=0, max_message_bytes=LIMIT).start()
+    try:
+        with PolicyClient(port=server.port, timeout=30) as slow, PolicyClient(port=server.port, timeout=30) as fast:
+            slow._ws.send(P.packb({**obs(session="slow"), "endpoint": "infer"}))
+            assert backend.entered.wait(30)
+            np.testing.assert_array_equal(fast.infer(obs(session="fast")), CHUNK)  # not queued behind it
+            backend.release.set()
+            np.testing.assert_array_equal(P.unpackb(slow._ws.recv(timeout=30)), CHUNK)
+    finally:
+        backend.release.set()
+        server.stop()

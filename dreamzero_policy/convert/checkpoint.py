@@ -2,8 +2,10 @@
 
 Reads ``model.safetensors`` or a sharded ``*.safetensors.index.json`` (or, only through
 ``torch.load(weights_only=True)``, a ``.pt``/``.pth``/``.bin`` file), ``config.json`` and
-``experiment_cfg/metadata.json``; writes ``config.json`` (``DreamZeroJaxConfig``), ``model.safetensors``
-(flat NNX paths) and the LeRobot processor files holding the normalisation statistics.
+``experiment_cfg/{metadata.json,conf.yaml}``; writes ``config.json`` (``DreamZeroJaxConfig`` with the
+reference's run settings, see ``policy_settings``), ``model.safetensors`` (flat NNX paths), the LeRobot
+processor files holding the normalisation statistics and ``conversion.json`` (provenance). The output
+is staged and moved into place at the end (``output_dir``); tensors holding NaN/inf are refused.
 
 Memory: the output file is planned from the headers alone, then written one output tensor at a time
 (a stacked block tensor is filled layer by layer), in the stored dtype, so the peak is about one
@@ -16,9 +18,8 @@ alpha and rank in the metadata) for further LoRA fine-tuning.
 
 from __future__ import annotations
 
-import argparse
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,7 @@ class ConversionReport:
     skipped: list[str] = field(default_factory=list)  # reference keys of parts left out, and unused keys
     lora: str | None = None  # None, "merge" or "keep"
     lora_scale: float | None = None
+    warnings: list[str] = field(default_factory=list)  # reference settings the output could not match
 
 
 def parse_parts(parts: str | Iterable[str]) -> tuple[str, ...]:
@@ -143,6 +145,20 @@ def _check(
     return skipped
 
 
+def _finite(name: str, w: np.ndarray, block: int = 1 << 24) -> np.ndarray:
+    """``w`` if it holds no NaN/inf, checked in blocks so the mask stays small for huge tensors."""
+    if w.dtype.kind in "biu":
+        return w
+    flat = w.reshape(-1)
+    bad = sum(int(np.count_nonzero(~np.isfinite(flat[i : i + block]))) for i in range(0, flat.size, block))
+    if bad:
+        raise ValueError(
+            f"{name}: {bad} of {flat.size} values are NaN or inf; refusing to convert a broken checkpoint "
+            "(--allow_nonfinite=true converts it anyway)"
+        )
+    return w
+
+
 def _output_dtype(source: CheckpointSource, keys: Mapping[str, _Key], e: Entry) -> np.dtype:
     dtypes = {source.dtype(keys[s].raw) for s in e.sources}
     if len(dtypes) != 1:
@@ -160,8 +176,13 @@ def convert_weights(
     lora_alpha: float | None = None,
     config_json: Mapping | None = None,
     progress: bool = True,
+    allow_nonfinite: bool = False,
 ) -> ConversionReport:
-    """Stream the selected parts of ``source`` into ``out_dir/model.safetensors`` (+ adapters for keep)."""
+    """Stream the selected parts of ``source`` into ``out_dir/model.safetensors`` (+ adapters for keep).
+
+    A tensor holding NaN or inf raises ValueError naming it unless ``allow_nonfinite``: such weights
+    only ever produce NaN actions, and a robot must not receive a policy that looks loaded but is not.
+    """
     if lora not in ("merge", "keep"):
         raise ValueError(f"lora must be 'merge' or 'keep', got {lora!r}")
     parts = parse_parts(parts)
@@ -178,6 +199,7 @@ def convert_weights(
     meta = {MISSING_PARTS_KEY: ",".join(left_out)} if left_out else None
     plan = [(e.path, _output_dtype(source, keys, e), e.shape) for e in entries]
     total = sum(int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize for _, d, s in plan)
+    read = source.read if allow_nonfinite else lambda raw: _finite(raw, source.read(raw))
     with (
         StreamingWriter(out_dir / WEIGHTS_NAME, plan, meta) as writer,
         tqdm(total=total, unit="B", unit_scale=True, desc="convert", disable=not progress) as bar,
@@ -186,9 +208,10 @@ def convert_weights(
             out = np.empty(shape, dtype)
             for i, src in enumerate(e.sources):
                 k = keys[src]
-                w = source.read(k.raw)
+                w = read(k.raw)
                 if k.lora_a and lora == "merge":
-                    w = lora_mod.merge(w, source.read(k.lora_a), source.read(k.lora_b), scale.scale)
+                    w = lora_mod.merge(w, read(k.lora_a), read(k.lora_b), scale.scale)
+                    w = w if allow_nonfinite else _finite(f"{k.raw} merged with its LoRA", w)
                 layer = to_ours(e.kind, w)
                 if e.stacked:
                     out[i] = layer
@@ -199,7 +222,7 @@ def convert_weights(
             bar.update(out.nbytes)
             del out
     if adapted and lora == "keep":
-        _write_adapters(source, keys, entries, out_dir / ADAPTER_NAME, scale)
+        _write_adapters(read, keys, entries, out_dir / ADAPTER_NAME, scale)
     return ConversionReport(
         preset=cfg.name,
         parts=parts,
@@ -211,7 +234,7 @@ def convert_weights(
 
 
 def _write_adapters(
-    source: CheckpointSource,
+    read: Callable[[str], np.ndarray],
     keys: Mapping[str, _Key],
     entries: Sequence[Entry],
     path: Path,
@@ -227,8 +250,8 @@ def _write_adapters(
         for s in e.sources:
             k = keys[s]
             if k.lora_a:
-                a_list.append(np.ascontiguousarray(source.read(k.lora_a).T))
-                b_list.append(np.ascontiguousarray(source.read(k.lora_b).T))
+                a_list.append(np.ascontiguousarray(read(k.lora_a).T))
+                b_list.append(np.ascontiguousarray(read(k.lora_b).T))
             else:
                 a_list.append(None)
                 b_list.append(None)
@@ -245,14 +268,17 @@ def _write_adapters(
     )
 
 
-def _read_config_json(src: Path) -> dict | None:
-    path = (src if src.is_dir() else src.parent) / "config.json"
+def _read_config_json(src_dir: Path) -> dict | None:
+    path = src_dir / "config.json"
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"cannot read {path}: {e}") from e
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object (the reference model config), got {type(config).__name__}")
+    return config
 
 
 def convert_checkpoint(
@@ -265,33 +291,47 @@ def convert_checkpoint(
     preset: str | None = None,
     embodiment: str | None = None,
     require_stats: bool = True,
+    tokenizer_dir: str | None = None,
+    allow_nonfinite: bool = False,
     progress: bool = True,
 ) -> ConversionReport:
     """Reference checkpoint directory (or file) -> a pretrained directory ``DreamZeroJaxPolicy`` loads.
 
     The model config is inferred from the DiT shapes (cross-checked with ``config.json``) unless
     ``preset`` names it; ``experiment_cfg/metadata.json`` supplies the normalisation statistics and the
-    state/action/camera features (``require_stats=False`` converts without them).
+    state/action/camera features (``require_stats=False`` converts without them); the policy's run
+    settings (cameras, view size, tiling, tokenizer, dtype, sampling) are the reference's
+    (``policy_settings``). ``out_dir`` must be new, empty or an earlier conversion output, outside the
+    checkpoint's directory; it is written all-or-nothing (``output_dir``).
     """
     from lerobot.configs.types import FeatureType, PolicyFeature
 
     from dreamzero_policy.configuration_dreamzero import DreamZeroJaxConfig
     from dreamzero_policy.convert.normalization_stats import read_reference_stats
+    from dreamzero_policy.convert.output_dir import check_output_dir, staged_output
+    from dreamzero_policy.convert.policy_settings import policy_settings, read_conf_yaml
     from dreamzero_policy.models.presets import get_preset
     from dreamzero_policy.processor_dreamzero import make_dreamzero_jax_pre_post_processors
 
     src, out_dir = Path(src), Path(out_dir)
-    config_json = _read_config_json(src)
-    meta_path = (src if src.is_dir() else src.parent) / "experiment_cfg" / "metadata.json"
+    if not src.exists():
+        raise FileNotFoundError(f"checkpoint source {src} does not exist")
+    src_dir = src if src.is_dir() else src.parent
+    check_output_dir(src_dir, out_dir)  # before any reading: fail fast
+    config_json = _read_config_json(src_dir)
+    conf = read_conf_yaml(src_dir / "experiment_cfg" / "conf.yaml")
+    meta_path = src_dir / "experiment_cfg" / "metadata.json"
     ref_stats = None
     if meta_path.is_file():
         ref_stats = read_reference_stats(meta_path, embodiment)
     elif require_stats:
         raise FileNotFoundError(
-            f"{meta_path} not found: the policy needs normalisation statistics (--no-stats to skip)"
+            f"{meta_path} not found: the policy needs normalisation statistics (--no_stats=true to skip)"
         )
-    with CheckpointSource(src) as source:
-        shapes = {k: source.shape(r.raw) for k, r in _index_keys(source).items() if r.raw}
+    marker = {"source": str(src.resolve()), "parts": list(parse_parts(parts)), "lora": lora}
+    with CheckpointSource(src) as source, staged_output(src_dir, out_dir, marker) as tmp:
+        index = _index_keys(source)
+        shapes = {k: source.shape(r.raw) for k, r in index.items() if r.raw}
         if any(k.startswith("action_head.model.") for k in shapes):
             preset_name, cfg = infer_model_config(shapes, config_json, preset)
         elif preset is None:
@@ -300,87 +340,53 @@ def convert_checkpoint(
             preset_name, cfg = preset, get_preset(preset)
         report = convert_weights(
             source,
-            out_dir,
+            tmp,
             cfg,
             parts,
             lora=lora,
             lora_alpha=lora_alpha,
             config_json=config_json,
             progress=progress,
+            allow_nonfinite=allow_nonfinite,
         )
-
-    fields: dict = {"preset": preset_name}
-    if cfg.dit.num_embodiments != get_preset(preset_name).dit.num_embodiments:
-        fields["num_embodiments"] = cfg.dit.num_embodiments
-    if ref_stats is not None:
-        n_state = len(ref_stats.stats["observation.state"]["mean"])
-        n_action = len(ref_stats.stats["action"]["mean"])
-        fields["input_features"] = {
-            **{k: PolicyFeature(type=FeatureType.VISUAL, shape=s) for k, s in ref_stats.cameras.items()},
-            "observation.state": PolicyFeature(type=FeatureType.STATE, shape=(n_state,)),
-        }
-        fields["output_features"] = {"action": PolicyFeature(type=FeatureType.ACTION, shape=(n_action,))}
-        fields["relative_action_dims"] = [d for d in ref_stats.relative_action_dims if d < n_state]
-    config = DreamZeroJaxConfig(**fields)
-    config._save_pretrained(out_dir)
-    pre, post = make_dreamzero_jax_pre_post_processors(config, ref_stats.stats if ref_stats else None)
-    pre.save_pretrained(out_dir)
-    post.save_pretrained(out_dir)
+        dit = [source.dtype(r.raw) for k, r in index.items() if r.raw and k.startswith("action_head.model.")]
+        settings = policy_settings(
+            preset_name,
+            cfg,
+            cameras=ref_stats.cameras if ref_stats else {},
+            embodiment=ref_stats.embodiment if ref_stats else "",
+            config_json=config_json,
+            conf=conf,
+            dit_dtypes=[d for d in dit if d.kind not in "biu"],
+            src_dir=src_dir,
+            tokenizer_dir=tokenizer_dir,
+        )
+        report.warnings = settings.warnings
+        fields: dict = {"preset": preset_name, **settings.fields}
+        if cfg.dit.num_embodiments != get_preset(preset_name).dit.num_embodiments:
+            fields["num_embodiments"] = cfg.dit.num_embodiments
+        if ref_stats is not None:
+            n_state = len(ref_stats.stats["observation.state"]["mean"])
+            n_action = len(ref_stats.stats["action"]["mean"])
+            fields["input_features"] = {
+                **{k: PolicyFeature(type=FeatureType.VISUAL, shape=s) for k, s in ref_stats.cameras.items()},
+                "observation.state": PolicyFeature(type=FeatureType.STATE, shape=(n_state,)),
+            }
+            fields["output_features"] = {"action": PolicyFeature(type=FeatureType.ACTION, shape=(n_action,))}
+            fields["relative_action_dims"] = [d for d in ref_stats.relative_action_dims if d < n_state]
+        config = DreamZeroJaxConfig(**fields)
+        config._save_pretrained(tmp)
+        pre, post = make_dreamzero_jax_pre_post_processors(config, ref_stats.stats if ref_stats else None)
+        pre.save_pretrained(tmp)
+        post.save_pretrained(tmp)
     return report
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        prog="dreamzero-convert",
-        description="Convert a reference (PyTorch) DreamZero checkpoint into a dreamzero_jax pretrained directory.",
-    )
-    p.add_argument(
-        "src",
-        help="checkpoint directory (model.safetensors or a sharded index, config.json, experiment_cfg/)",
-    )
-    p.add_argument("out", help="output pretrained directory")
-    p.add_argument(
-        "--parts",
-        default="dit,vae,text,image",
-        help="parts to convert; the others are left out of the weights and recorded as such",
-    )
-    p.add_argument(
-        "--lora",
-        choices=("merge", "keep"),
-        default="merge",
-        help="merge: fold W + alpha/r * B@A into the weights; keep: write adapters separately",
-    )
-    p.add_argument(
-        "--lora-alpha", type=float, default=None, help="LoRA alpha when config.json lacks lora_alpha"
-    )
-    p.add_argument("--preset", default=None, help="model preset (default: inferred from the tensor shapes)")
-    p.add_argument("--embodiment", default=None, help="embodiment tag in metadata.json when it holds several")
-    p.add_argument("--no-stats", action="store_true", help="convert without experiment_cfg/metadata.json")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    a = p.parse_args(argv)
-    try:
-        report = convert_checkpoint(
-            a.src,
-            a.out,
-            parts=a.parts,
-            lora=a.lora,
-            lora_alpha=a.lora_alpha,
-            preset=a.preset,
-            embodiment=a.embodiment,
-            require_stats=not a.no_stats,
-            progress=not a.quiet,
-        )
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"dreamzero-convert: {e}") from None
-    lora_note = f", LoRA {report.lora} (scale {report.lora_scale:g})" if report.lora else ""
-    print(
-        f"wrote {a.out}: preset {report.preset}, parts {','.join(report.parts)}, "
-        f"{report.converted} tensors{lora_note}; {len(report.skipped)} reference tensors not used"
-    )
+    """``dreamzero-convert``: see ``dreamzero_policy.convert.cli``."""
+    from dreamzero_policy.convert.cli import main as cli_main
 
-
-if __name__ == "__main__":
-    main()
+    cli_main(argv)
 
 
 def write_reference_checkpoint(
@@ -395,3 +401,7 @@ def write_reference_checkpoint(
     sd = reference_state_dict(flat, reference_entries(cfg, parse_parts(parts)))
     save_flat(sd, path)
     return sd
+
+
+if __name__ == "__main__":
+    main()

@@ -77,7 +77,7 @@ def lora_scale(
     if alpha is None:
         raise ValueError(
             "LoRA checkpoint without lora_alpha in config.json: pass the alpha it was trained with "
-            "(--lora-alpha; the reference default is 4 with rank 4)"
+            "(--lora_alpha=ALPHA; the reference default is 4 with rank 4)"
         )
     return LoraScale(float(alpha), rank)
 

@@ -36,12 +36,18 @@ def _concat(path: Path, group: str, per_key: Mapping[str, Mapping]) -> dict[str,
     out = {}
     for stat in STAT_NAMES:
         try:
-            out[stat] = np.concatenate(
-                [np.atleast_1d(np.asarray(v[stat], np.float32)) for v in per_key.values()]
-            )
+            parts = [np.atleast_1d(np.asarray(v[stat], np.float32)) for v in per_key.values()]
         except KeyError:
             missing = [k for k, v in per_key.items() if stat not in v]
             raise ValueError(f"{path}: statistics.{group} {missing} have no {stat!r}") from None
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: statistics.{group} {stat!r} are not numbers ({e})") from None
+        if any(x.ndim != 1 for x in parts):  # per-horizon tables (relative_action_per_horizon)
+            raise ValueError(f"{path}: statistics.{group} {stat!r} must be one vector per key, got "
+                             f"shapes {[x.shape for x in parts]} (per-horizon statistics are not supported)")
+        out[stat] = np.concatenate(parts)
+        if not np.isfinite(out[stat]).all():
+            raise ValueError(f"{path}: statistics.{group} {stat!r} hold NaN or inf")
     return out
 
 
@@ -49,7 +55,7 @@ def read_reference_stats(path: str | Path, embodiment: str | None = None) -> Ref
     path = Path(path)
     try:
         meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"cannot read normalisation statistics {path}: {e}") from e
     if not isinstance(meta, dict) or not meta:
         raise ValueError(f"{path}: expected {{embodiment_tag: metadata}}")
@@ -61,22 +67,33 @@ def read_reference_stats(path: str | Path, embodiment: str | None = None) -> Ref
         raise ValueError(f"{path}: no embodiment {embodiment!r}; have {sorted(meta)}")
     entry = meta[embodiment]
     try:
-        statistics, modalities = entry["statistics"], entry.get("modalities", {})
+        statistics, modalities = entry["statistics"], entry.get("modalities") or {}
         state, action = statistics["state"], statistics["action"]
-    except (KeyError, TypeError):
-        raise ValueError(f"{path}: {embodiment!r} has no statistics.state / statistics.action") from None
+        if not all(isinstance(x, dict) for x in (modalities, state, action)):
+            raise TypeError
+    except (KeyError, TypeError, AttributeError):
+        raise ValueError(f"{path}: {embodiment!r} has no statistics.state / statistics.action maps") from None
+    if not all(isinstance(v, dict) for v in (*state.values(), *action.values())):
+        raise ValueError(f"{path}: every statistics.state / statistics.action entry must be a map of stats")
     stats = {"observation.state": _concat(path, "state", state), "action": _concat(path, "action", action)}
 
     cameras = {}
-    for name, video in (modalities.get("video") or {}).items():
-        w, h = video["resolution"]
-        cameras[f"observation.images.{name}"] = (int(video.get("channels", 3)), int(h), int(w))
+    try:
+        for name, video in (modalities.get("video") or {}).items():
+            w, h = video["resolution"]
+            shape = (int(video.get("channels", 3)), int(h), int(w))
+            if min(shape) < 1:
+                raise ValueError(f"non-positive size {shape}")
+            cameras[f"observation.images.{name}"] = shape
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"{path}: modalities.video must map each camera to {{resolution: [w, h]}} ({e})") from None
 
     relative, offset = [], 0
     action_meta = modalities.get("action") or {}
     for key, st in action.items():
         n = len(np.atleast_1d(st["mean"]))
-        if key in action_meta and action_meta[key].get("absolute") is False:
+        info = action_meta.get(key) if isinstance(action_meta, dict) else None
+        if isinstance(info, dict) and info.get("absolute") is False:
             relative += list(range(offset, offset + n))
         offset += n
     return ReferenceStats(embodiment, stats, cameras, relative)

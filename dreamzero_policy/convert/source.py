@@ -8,7 +8,7 @@ the file runs and the tensors stay on disk until read.
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import ml_dtypes
 import numpy as np
@@ -18,6 +18,30 @@ from dreamzero_policy.weights_io import SafetensorsReader
 INDEX_NAMES = ("model.safetensors.index.json", "diffusion_pytorch_model.safetensors.index.json")
 SINGLE_NAMES = ("model.safetensors", "diffusion_pytorch_model.safetensors")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+
+
+def _read_weight_map(path: Path) -> dict[str, str]:
+    """The index's ``weight_map`` {tensor name: shard file name}, every shard confined to the index's
+    directory: a name is relative, without ``..`` (symlinked shard files are fine: the Hugging Face
+    cache links them to its blob store)."""
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"corrupt checkpoint index {path}: {e}") from e
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"corrupt checkpoint index {path}: 'weight_map' must be a non-empty JSON object "
+                         f"{{tensor name: shard file}}, got {type(weight_map).__name__}")
+    bad = [(k, v) for k, v in weight_map.items() if not isinstance(v, str) or not v]
+    if bad:
+        raise ValueError(f"corrupt checkpoint index {path}: shard names must be strings, got {bad[:4]}")
+    for shard in set(weight_map.values()):
+        rel = PurePosixPath(shard.replace("\\", "/"))
+        if rel.is_absolute() or PureWindowsPath(shard).drive or ".." in rel.parts:
+            raise ValueError(
+                f"{path} names the shard {shard!r} outside its directory; shards must be files next to the index"
+            )
+    return weight_map
 
 
 def _torch_to_numpy(t) -> np.ndarray:
@@ -36,6 +60,8 @@ class CheckpointSource:
         self._readers: list[SafetensorsReader] = []
         self._where: dict[str, SafetensorsReader] = {}
         self._torch: dict | None = None
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint source {path} does not exist")
         if path.is_dir():
             path = self._pick(path)
         if not path.is_file():
@@ -73,12 +99,8 @@ class CheckpointSource:
                 self._where[k] = reader
 
     def _open_index(self, path: Path) -> None:
-        try:
-            weight_map = json.loads(path.read_text())["weight_map"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"corrupt checkpoint index {path}: {e}") from e
         shards: dict[str, set[str]] = {}
-        for key, shard in weight_map.items():
+        for key, shard in _read_weight_map(path).items():
             shards.setdefault(shard, set()).add(key)
         absent = sorted(s for s in shards if not (path.parent / s).is_file())
         if absent:

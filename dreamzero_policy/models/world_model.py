@@ -59,6 +59,7 @@ def make_tokenizer(cfg: ModelConfig, tokenizer_dir: str | None = None) -> Tokeni
     if cfg.tokenizer != "byte":
         raise ValueError(
             f"preset {cfg.name!r} uses the {cfg.tokenizer} tokenizer: pass the local directory holding it "
-            "(nothing is downloaded at run time)"
+            f"with --policy.tokenizer_dir=DIR (or dreamzero-convert --tokenizer_dir=DIR); nothing is "
+            f"downloaded at run time (fetch it once: huggingface-cli download {cfg.tokenizer} --local-dir DIR)"
         )
     return ByteTokenizer(cfg.text.vocab_size, cfg.text.text_len)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,13 +24,16 @@ class PolicyClient:
         self, host: str = "127.0.0.1", port: int = 8000, timeout: float = 600.0, max_size: int | None = None
     ) -> None:
         self.host, self.port = host, port
-        self._ws = connect(
-            f"ws://{host}:{port}",
-            compression=None,
-            max_size=max_size,
-            open_timeout=timeout,
-            ping_interval=60,
-            ping_timeout=timeout,
+        self._stack = ExitStack()  # websockets wants connect() entered as a context manager
+        self._ws = self._stack.enter_context(
+            connect(
+                f"ws://{host}:{port}",
+                compression=None,
+                max_size=max_size,
+                open_timeout=timeout,
+                ping_interval=60,
+                ping_timeout=timeout,
+            )
         )
         self.timeout = timeout
         self.metadata: dict[str, Any] = P.unpackb(self._ws.recv(timeout=timeout))
@@ -63,7 +69,7 @@ class PolicyClient:
             return json.loads(r.read())
 
     def close(self) -> None:
-        self._ws.close()
+        self._stack.close()
 
     def __enter__(self) -> PolicyClient:
         return self
@@ -72,16 +78,22 @@ class PolicyClient:
         self.close()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``dreamzero-client``: check a server: metadata, health, and one ``infer`` on a blank observation
-    shaped from the metadata (three cameras, joints, gripper, prompt, session id)."""
-    import argparse
+@dataclass
+class ClientCheckConfig:
+    """Check a DreamZero / roboarena policy server: metadata, health, one infer on a blank observation."""
 
-    ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8000)
-    ap.add_argument("--prompt", default="pick up the object")
-    a = ap.parse_args(argv)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    prompt: str = "pick up the object"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``dreamzero-client [--host=127.0.0.1] [--port=8000] [--prompt=...]``: check a server: metadata,
+    health, and one ``infer`` on a blank observation shaped from the metadata (three cameras, joints,
+    gripper, prompt, session id)."""
+    from dreamzero_policy.cli_args import parse_cli
+
+    a = parse_cli(ClientCheckConfig, argv, "dreamzero-client")
     with PolicyClient(a.host, a.port) as c:
         print("metadata:", c.metadata)
         print("health:", c.health())
@@ -98,3 +110,7 @@ def main(argv: list[str] | None = None) -> None:
             f"actions: shape {actions.shape} dtype {actions.dtype} range [{actions.min():.3f}, {actions.max():.3f}]"
         )
         print("reset:", c.reset())
+
+
+if __name__ == "__main__":
+    main()

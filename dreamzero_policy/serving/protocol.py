@@ -15,6 +15,7 @@ reply to ``infer``. Unlike the reference server, ours keeps the connection open 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -34,6 +35,15 @@ PROMPT = "prompt"
 SESSION_ID = "session_id"
 IMAGE_KEYS = (EXTERIOR_0, EXTERIOR_1, WRIST)
 JOINT_DIM, GRIPPER_DIM = 7, 1
+
+# Per-request bounds, checked on shapes before any pixel is converted. A request carries the frames seen
+# since the previous one (the reference client sends one; a chunk of 8 executed actions gives 8), so 16
+# leaves room without letting a 90 KB request of 10,000 tiny frames occupy the policy for seconds.
+MAX_FRAMES_PER_REQUEST = 16
+MAX_FRAME_PIXELS = 3840 * 2160  # 4K UHD: above any robot camera; a float frame of it is ~100 MB
+MAX_PROMPT_CHARS = 4096  # the umT5 tokenizer keeps 512 tokens
+MAX_ARRAY_NDIM = 8
+ARRAY_KINDS = "biuf"  # bool, int, uint, float: never object, void, complex, strings or dates
 
 
 class ProtocolError(ValueError):
@@ -79,22 +89,40 @@ def _decode(obj: dict) -> Any:
         return _array(g("data"), g("dtype"), g("shape"))
     if b"__npgeneric__" in obj or "__npgeneric__" in obj:
         g = lambda k: obj.get(k.encode(), obj.get(k))
-        return np.dtype(_str(g("dtype"))).type(g("data"))
+        dt = _dtype(g("dtype"))
+        try:
+            return dt.type(g("data"))
+        except (TypeError, ValueError, OverflowError) as e:
+            raise ProtocolError(f"numpy scalar of dtype {dt} cannot hold {g('data')!r:.40}") from e
     if b"nd" in obj and b"type" in obj and b"data" in obj:  # the msgpack-numpy package's layout
-        return _array(obj[b"data"], obj[b"type"], obj[b"shape"])
+        return _array(obj[b"data"], obj[b"type"], obj.get(b"shape"))
     return obj
 
 
 def _str(x: Any) -> str:
-    return x.decode() if isinstance(x, bytes) else str(x)
+    return x.decode(errors="replace") if isinstance(x, bytes) else str(x)
+
+
+def _dtype(spec: Any) -> np.dtype:
+    if not isinstance(spec, str | bytes):
+        raise ProtocolError(f"array dtype must be a string, got {type(spec).__name__}")
+    try:
+        dt = np.dtype(_str(spec))
+    except (TypeError, ValueError, SyntaxError) as e:
+        raise ProtocolError(f"unknown array dtype {spec!r:.40}") from e
+    if dt.kind not in ARRAY_KINDS or dt.shape or dt.names:
+        raise ProtocolError(f"array dtype {dt} is not allowed (bool, int, uint or float only)")
+    return dt
 
 
 def _array(data: Any, dtype: Any, shape: Any) -> np.ndarray:
-    dt = np.dtype(_str(dtype))
-    if dt.kind in "VOc":
-        raise ProtocolError(f"array dtype {dt} is not allowed")
-    shape = tuple(int(s) for s in shape)
-    if not isinstance(data, bytes | bytearray) or len(data) != dt.itemsize * int(np.prod(shape)):
+    dt = _dtype(dtype)
+    if not isinstance(shape, list | tuple) or len(shape) > MAX_ARRAY_NDIM or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
+    ):
+        raise ProtocolError(f"array shape must be at most {MAX_ARRAY_NDIM} non-negative ints, got {shape!r:.80}")
+    shape = tuple(shape)
+    if not isinstance(data, bytes | bytearray) or len(data) != dt.itemsize * math.prod(shape):
         raise ProtocolError(f"array payload does not match dtype {dt} and shape {shape}")
     return np.frombuffer(data, dtype=dt).reshape(shape).copy()  # writable, owns its memory
 
@@ -124,26 +152,41 @@ def parse_request(data: bytes | str, max_bytes: int) -> tuple[str, dict[str, Any
         raise ProtocolError(f"a request must be a map, got {type(msg).__name__}")
     msg = {_str(k): v for k, v in msg.items()}
     endpoint = msg.pop("endpoint", None)
-    if endpoint not in ENDPOINTS:
-        raise ProtocolError(f"'endpoint' must be one of {ENDPOINTS}, got {endpoint!r}")
+    if not isinstance(endpoint, str) or endpoint not in ENDPOINTS:
+        raise ProtocolError(f"'endpoint' must be one of {ENDPOINTS}, got {endpoint!r:.60}")
     return endpoint, msg
 
 
-def image_frames(obs: dict[str, Any], key: str) -> np.ndarray:
-    """A camera entry, (H, W, 3) or (T, H, W, 3) uint8 (or float in [0, 1]) -> (T, H, W, 3) float32 [0, 1]."""
+def camera_frames(
+    obs: dict[str, Any],
+    key: str,
+    max_frames: int = MAX_FRAMES_PER_REQUEST,
+    max_pixels: int = MAX_FRAME_PIXELS,
+) -> np.ndarray:
+    """A camera entry, (H, W, 3) or (T, H, W, 3) uint8 or float -> (T, H, W, 3) as sent, its shape and
+    dtype checked against the bounds (no pixel is read or converted here)."""
     if key not in obs:
-        raise ProtocolError(f"missing observation key {key!r}")
+        raise ProtocolError(f"missing camera {key!r}")
     x = obs[key]
     if not isinstance(x, np.ndarray):
-        raise ProtocolError(f"{key}: expected an array, got {type(x).__name__}")
+        raise ProtocolError(f"{key}: expected an image array, got {type(x).__name__}")
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4 or x.shape[-1] != 3 or 0 in x.shape:
         raise ProtocolError(f"{key}: expected (H, W, 3) or (T, H, W, 3), got {x.shape}")
+    if x.dtype != np.uint8 and x.dtype.kind != "f":
+        raise ProtocolError(f"{key}: expected uint8 or float pixels, got {x.dtype}")
+    if x.shape[0] > max_frames:
+        raise ProtocolError(f"{key}: {x.shape[0]} frames in one request; at most {max_frames}")
+    if x.shape[1] * x.shape[2] > max_pixels:
+        raise ProtocolError(f"{key}: {x.shape[1]}x{x.shape[2]} frames exceed {max_pixels} pixels")
+    return x
+
+
+def unit_frame(x: np.ndarray, key: str) -> np.ndarray:
+    """One (H, W, 3) frame from ``camera_frames`` -> float32 in [0, 1]."""
     if x.dtype == np.uint8:
         return x.astype(np.float32) / 255.0
-    if x.dtype.kind != "f":
-        raise ProtocolError(f"{key}: expected uint8 or float pixels, got {x.dtype}")
     x = x.astype(np.float32)
     if not np.isfinite(x).all() or x.min() < 0.0 or x.max() > 1.0:
         raise ProtocolError(f"{key}: float pixels must be finite and in [0, 1]")
@@ -151,14 +194,16 @@ def image_frames(obs: dict[str, Any], key: str) -> np.ndarray:
 
 
 def robot_state(obs: dict[str, Any]) -> np.ndarray:
-    """joint_position (7,) and gripper_position (1,) -> state (8,) float32."""
+    """joint_position (7,) and gripper_position (1,) (arrays or lists of numbers) -> state (8,) float32."""
     parts = []
     for key, dim in ((JOINT_POSITION, JOINT_DIM), (GRIPPER_POSITION, GRIPPER_DIM)):
         if key not in obs:
             raise ProtocolError(f"missing observation key {key!r}")
-        v = np.asarray(obs[key])
-        if v.dtype.kind not in "fiu" or v.size != dim:
-            raise ProtocolError(f"{key}: expected {dim} numbers, got shape {v.shape} dtype {v.dtype}")
+        raw = obs[key]
+        v = raw if isinstance(raw, np.ndarray) else np.asarray(raw) if _is_number_list(raw) else None
+        if v is None or v.dtype.kind not in "fiu" or v.size != dim:
+            got = f"shape {v.shape} dtype {v.dtype}" if v is not None else type(raw).__name__
+            raise ProtocolError(f"{key}: expected {dim} numbers, got {got}")
         v = v.reshape(dim).astype(np.float32)
         if not np.isfinite(v).all():
             raise ProtocolError(f"{key} contains NaN or inf")
@@ -166,17 +211,29 @@ def robot_state(obs: dict[str, Any]) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def _is_number_list(v: Any) -> bool:
+    return isinstance(v, list | tuple) and all(
+        isinstance(x, int | float | np.integer | np.floating) and not isinstance(x, bool) for x in v
+    )
+
+
 def prompt(obs: dict[str, Any]) -> str:
     p = obs.get(PROMPT)
     if not isinstance(p, str) or not p.strip():
         raise ProtocolError("'prompt' must be a non-empty instruction string")
+    if len(p) > MAX_PROMPT_CHARS:
+        raise ProtocolError(f"'prompt' has {len(p)} characters; at most {MAX_PROMPT_CHARS}")
     return p
 
 
 def session_id(obs: dict[str, Any]) -> str | None:
+    """The session id (a string, number or one-element array), or None when absent."""
     s = obs.get(SESSION_ID)
-    if s is None:
-        return None
-    if isinstance(s, np.ndarray):
-        s = s.reshape(-1)[0].item() if s.size else None
-    return None if s is None else str(s)
+    if isinstance(s, np.ndarray) and s.size == 1:
+        s = s.reshape(-1)[0].item()
+    if s is None or isinstance(s, str | int | float | bytes) and not isinstance(s, bool):
+        s = s.decode(errors="replace") if isinstance(s, bytes) else s
+        if s is not None and len(str(s)) > 256:
+            raise ProtocolError("'session_id' is longer than 256 characters")
+        return None if s is None else str(s)
+    raise ProtocolError(f"'session_id' must be a string or a number, got {type(s).__name__}")

@@ -4,31 +4,43 @@ Binds 127.0.0.1 by default. A malformed or oversized request gets an error text 
 connection keeps serving (messages above ``hard_max_bytes`` are refused by websockets itself, which
 closes that one connection with code 1009; the server keeps running). Health: the ``health``
 endpoint over the websocket, and ``GET /healthz`` over plain HTTP on the same port.
+
+Decoding and validating a request (``Backend.prepare``) runs in a worker thread outside the lock that
+serialises policy calls, so a large or malformed request of one client does not hold up the others.
+
+    dreamzero-serve --policy.path=DIR [--host=127.0.0.1] [--port=8000] [--max_message_mb=64]
+        [--max_frames_per_request=16] [--camera_map='{"observation/wrist_image_left": "wrist", ...}']
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import http
+import ipaddress
 import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
+from dreamzero_policy.cli_args import parse_cli
 from dreamzero_policy.serving import protocol as P
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 64 * 2**20
+PROG = "dreamzero-serve"
 
 
 class Backend(Protocol):
     def metadata(self) -> P.ServerMetadata: ...
-    def infer(self, obs: dict[str, Any]) -> Any: ...
+    def prepare(self, obs: dict[str, Any]) -> Any: ...  # validation/conversion; thread-safe, no shared state
+    def run(self, prepared: Any) -> Any: ...  # the policy call; serialised by the server
     def reset(self, info: dict[str, Any] | None = None) -> None: ...
 
 
@@ -115,42 +127,93 @@ class PolicyServer:
                 return
 
     async def _answer(self, raw: bytes | str) -> bytes | str:
-        endpoint, payload = P.parse_request(raw, self.max_bytes)
+        loop = asyncio.get_running_loop()
+        endpoint, payload = await loop.run_in_executor(None, P.parse_request, raw, self.max_bytes)
         self.stats[endpoint] += 1
         if endpoint == "health":
             return P.packb(self.health())
-        loop = asyncio.get_running_loop()
-        async with self._infer_lock:  # the event loop stays free for health checks while a plan runs
-            if endpoint == "reset":
+        if endpoint == "reset":
+            async with self._infer_lock:
                 await loop.run_in_executor(None, self.backend.reset, payload)
-                return P.RESET_REPLY
-            actions = await loop.run_in_executor(None, self.backend.infer, payload)
+            return P.RESET_REPLY
+        prepared = await loop.run_in_executor(None, self.backend.prepare, payload)  # outside the lock
+        async with self._infer_lock:  # the event loop stays free for health checks while a plan runs
+            actions = await loop.run_in_executor(None, self.backend.run, prepared)
         return P.packb(actions)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``dreamzero-serve --policy.path DIR``: serve a saved ``dreamzero_jax`` policy (roboarena protocol)."""
-    ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--policy.path", dest="path", required=True, help="directory written by save_pretrained")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8000)
-    ap.add_argument("--max-message-mb", type=float, default=DEFAULT_MAX_BYTES / 2**20)
-    ap.add_argument(
-        "--camera-map",
-        default=None,
-        help="JSON {roboarena key: policy image key}; default: the three roboarena cameras in order",
-    )
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses; any other name may resolve to a public address."""
+    h = host.strip().strip("[]").rstrip(".").lower()
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class PolicyPath:
+    path: str = ""  # directory written by save_pretrained, dreamzero-train or dreamzero-convert
+
+
+@dataclass
+class ServeConfig:
+    """Serve a saved dreamzero_jax policy over the DreamZero / roboarena websocket protocol."""
+
+    policy: PolicyPath = field(default_factory=PolicyPath)
+    host: str = "127.0.0.1"  # loopback only; the protocol has no authentication
+    port: int = 8000
+    max_message_mb: float = DEFAULT_MAX_BYTES / 2**20  # larger requests get an error frame
+    max_frames_per_request: int = P.MAX_FRAMES_PER_REQUEST  # frames per camera in one infer request
+    max_frame_pixels: int = P.MAX_FRAME_PIXELS  # height * width of one frame
+    # {request key: policy camera}, e.g. '{"observation/wrist_image_left": "wrist"}'; default: by name
+    camera_map: dict[str, str] | None = None
+
+
+def make_server(cfg: ServeConfig) -> PolicyServer:
+    """Load the policy and build the server ``cfg`` describes (not started). Raises ValueError/OSError."""
     from lerobot.policies.factory import make_pre_post_processors
 
     from dreamzero_policy.modeling_dreamzero import DreamZeroJaxPolicy
     from dreamzero_policy.serving.backend import RoboarenaBackend
     from dreamzero_policy.serving.planner import PolicyPlanner
 
-    policy = DreamZeroJaxPolicy.from_pretrained(a.path)
-    pre, post = make_pre_post_processors(policy.config, pretrained_path=a.path)
+    if not cfg.policy.path or not Path(cfg.policy.path).is_dir():
+        raise ValueError(
+            f"--policy.path=DIR must name a local directory holding a saved dreamzero_jax policy, got "
+            f"{cfg.policy.path!r}"
+        )
+    if cfg.max_message_mb <= 0:
+        raise ValueError(f"--max_message_mb must be positive, got {cfg.max_message_mb}")
+    policy = DreamZeroJaxPolicy.from_pretrained(cfg.policy.path)
+    pre, post = make_pre_post_processors(policy.config, pretrained_path=cfg.policy.path)
     backend = RoboarenaBackend(
-        PolicyPlanner(policy, pre, post), camera_map=json.loads(a.camera_map) if a.camera_map else None
+        PolicyPlanner(policy, pre, post),
+        camera_map=cfg.camera_map,
+        max_frames=cfg.max_frames_per_request,
+        max_frame_pixels=cfg.max_frame_pixels,
     )
-    PolicyServer(backend, a.host, a.port, int(a.max_message_mb * 2**20)).serve_forever()
+    return PolicyServer(backend, cfg.host, cfg.port, int(cfg.max_message_mb * 2**20))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``dreamzero-serve --policy.path=DIR``: serve a saved ``dreamzero_jax`` policy (roboarena protocol)."""
+    cfg = parse_cli(ServeConfig, argv, PROG)
+    logging.basicConfig(level=logging.INFO)
+    if not is_loopback(cfg.host):
+        log.warning(
+            "serving on %s: anyone who can reach this address can query and reset the policy (the protocol "
+            "has no authentication); prefer 127.0.0.1 with an SSH tunnel",
+            cfg.host,
+        )
+    try:
+        server = make_server(cfg)
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"{PROG}: {e}") from None
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

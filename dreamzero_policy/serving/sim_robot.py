@@ -18,7 +18,7 @@ import numpy as np
 from lerobot.robots.config import RobotConfig
 from lerobot.robots.robot import Robot
 
-import envs
+import dreamzero_envs as envs
 
 
 @RobotConfig.register_subclass("dz_sim")
