@@ -6,12 +6,14 @@ preset (``dreamzero_policy.models.presets``) plus the few fields a fine-tune may
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from lerobot.configs.policies import PreTrainedConfig
 from lerobot.configs.types import FeatureType, NormalizationMode
-from lerobot.optim.optimizers import AdamWConfig
-from lerobot.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
+from lerobot.optim.optimizers import OptimizerConfig
+from lerobot.optim.schedulers import LRSchedulerConfig
 
 from dreamzero_policy.models.presets import ModelConfig, get_preset
 
@@ -22,6 +24,39 @@ WAN_NEGATIVE_PROMPT = (
     "杂乱的背景，三条腿，背景人很多，倒着走"
 )
 REFERENCE_DIT_STEPS = (0, 1, 2, 6, 10, 13, 14, 15)
+
+
+# lerobot-train flags that dreamzero-train reads with the same meaning (the rest are named as unused).
+_TRAIN_FLAGS = ("--dataset.", "--policy.", "--output_dir", "--steps", "--batch_size", "--save_freq", "--log_freq",
+                "--resume", "--seed", "--num_workers", "--wandb.", "--config_path")
+
+
+def equivalent_train_command(argv: list[str]) -> tuple[str, list[str]]:
+    """A ``lerobot-train`` command line -> (the ``dreamzero-train`` one, the flags it drops)."""
+    keep, drop = [], []
+    for a in argv:
+        if a.startswith("--policy.type"):
+            continue
+        (keep if a.startswith(_TRAIN_FLAGS) else drop).append(a)
+    return " ".join(["dreamzero-train", *keep]), drop
+
+
+class TrainWithDreamZeroTrain(RuntimeError):
+    """``lerobot-train`` cannot train this policy: it trains in JAX with ``dreamzero-train``."""
+
+    def __init__(self, argv: list[str] | None = None) -> None:
+        cmd, dropped = equivalent_train_command(list(sys.argv[1:] if argv is None else argv))
+        note = f" (not used by dreamzero-train: {' '.join(dropped)})" if dropped else ""
+        super().__init__(
+            "dreamzero_jax trains in JAX with its own trainer, not with lerobot-train's torch loop. "
+            f"The same run with dreamzero-train:\n  {cmd}\n{note}".rstrip()
+        )
+
+
+def _launched_by_lerobot_train() -> bool:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return Path(sys.argv[0]).name == "lerobot-train" or getattr(spec, "name", "") == "lerobot.scripts.lerobot_train"
 
 
 @PreTrainedConfig.register_subclass("dreamzero_jax")
@@ -36,7 +71,7 @@ class DreamZeroJaxConfig(PreTrainedConfig):
     action_dim: int | None = None
     state_dim: int | None = None
     # Per-channel VAE latent normalisation; None = the preset's. Real Wan VAEs ship theirs; for the randomly
-    # initialised VAEs of tiny/small, `dreamzero-train --latent_stats_frames N` estimates them from the data.
+    # initialised VAEs of tiny/small, `dreamzero-train --windows.latent_stats_frames=N` estimates them from the data.
     latents_mean: list[float] | None = None
     latents_std: list[float] | None = None
     tokenizer_dir: str | None = None  # local HF tokenizer directory (real checkpoints); None: byte tokenizer
@@ -44,7 +79,6 @@ class DreamZeroJaxConfig(PreTrainedConfig):
     attention_impl: str = "xla"  # "xla" (dense reference) or "cudnn"
 
     # action chunking
-    n_obs_steps: int = 1
     n_action_steps: int = 0  # actions executed before re-planning; 0 = the whole chunk
     relative_action_dims: list[int] = field(default_factory=list)  # action dims predicted relative to state
     max_chunks_before_reset: int = 4  # the context resets after this many chunks (reference: 4)
@@ -73,13 +107,9 @@ class DreamZeroJaxConfig(PreTrainedConfig):
         }
     )
 
-    # LeRobot training presets (our own trainer is `dreamzero-train`)
-    optimizer_lr: float = 1e-4
-    optimizer_weight_decay: float = 1e-5
-    scheduler_warmup_steps: int = 100
-    scheduler_decay_steps: int = 10000
-
     def __post_init__(self) -> None:
+        if _launched_by_lerobot_train():  # stop at once, before LeRobot builds datasets or a torch optimiser
+            raise SystemExit(str(TrainWithDreamZeroTrain()))
         super().__post_init__()
         mc = self.model_config()  # raises for an unknown preset
         if self.n_action_steps < 0 or self.n_action_steps > self.chunk_size:
@@ -125,11 +155,6 @@ class DreamZeroJaxConfig(PreTrainedConfig):
         return self.n_action_steps or self.chunk_size
 
     @property
-    def frames_per_chunk(self) -> int:
-        """Video frames that make one block of latent frames (4 per latent frame)."""
-        return 4 * get_preset(self.preset).dit.frames_per_block
-
-    @property
     def camera_keys(self) -> list[str]:
         keys = sorted(self.image_features)
         if self.cameras is None:
@@ -170,14 +195,13 @@ class DreamZeroJaxConfig(PreTrainedConfig):
                 raise ValueError(f"{key} must be a (C, H, W) visual feature, got {ft}")
 
     # ------------------------------------------------------------------ LeRobot hooks
-    def get_optimizer_preset(self) -> AdamWConfig:
-        return AdamWConfig(lr=self.optimizer_lr, betas=(0.95, 0.999), weight_decay=self.optimizer_weight_decay)
+    # lerobot-train asks for these first (TrainPipelineConfig.validate); the policy trains in JAX with its
+    # own optimiser (`dreamzero-train --optim.*`), so torch presets would be fields that do nothing.
+    def get_optimizer_preset(self) -> OptimizerConfig:
+        raise TrainWithDreamZeroTrain()
 
-    def get_scheduler_preset(self) -> CosineDecayWithWarmupSchedulerConfig:
-        return CosineDecayWithWarmupSchedulerConfig(
-            num_warmup_steps=self.scheduler_warmup_steps, num_decay_steps=self.scheduler_decay_steps,
-            peak_lr=self.optimizer_lr, decay_lr=self.optimizer_lr * 0.1,
-        )
+    def get_scheduler_preset(self) -> LRSchedulerConfig | None:
+        raise TrainWithDreamZeroTrain()
 
     @property
     def observation_delta_indices(self) -> None:
@@ -190,6 +214,3 @@ class DreamZeroJaxConfig(PreTrainedConfig):
     @property
     def reward_delta_indices(self) -> None:
         return None
-
-    def with_preset(self, preset: str) -> DreamZeroJaxConfig:
-        return replace(self, preset=preset)

@@ -2,16 +2,22 @@
 
 ``select_action`` serves one action per call from ``_action_queue``; when the queue is empty,
 ``predict_action_chunk`` runs one KV-cached rollout step (observe the frames seen while the last chunk
-executed, then jointly denoise the next video latents and action chunk). Training is done by the JAX
-trainer (``dreamzero-train``), not through torch autograd: ``forward`` computes the loss for monitoring.
+executed and the frame that triggers the plan, then jointly denoise the next video latents and action
+chunk). Training is done by the JAX trainer (``dreamzero-train``), not through torch autograd:
+``forward`` raises.
+
+The JAX model runs on the device ``--policy.device`` names (``cuda[:N]`` -> JAX GPU N, ``cpu`` -> the
+host CPU); a device JAX cannot reach is an error, never a silent fall-back to another backend.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import torch
 from flax import nnx
@@ -20,6 +26,7 @@ from lerobot.utils.constants import OBS_STATE
 from torch import Tensor, nn
 
 from dreamzero_policy.configuration_dreamzero import DreamZeroJaxConfig
+from dreamzero_policy.inference.device import jax_device_for
 from dreamzero_policy.inference.observation import tile_views
 from dreamzero_policy.inference.relative_actions import RelativeActions
 from dreamzero_policy.inference.runner import RolloutRunner
@@ -28,7 +35,8 @@ from dreamzero_policy.weights_io import WEIGHTS_NAME, load_weights, save_weights
 
 
 def check_view(key: str, x: Tensor) -> None:
-    """A camera batch must be (B, 3, H, W) float in [0, 1] (LeRobot's convention), finite."""
+    """A camera batch must be (B, 3, H, W) float in [0, 1] (LeRobot's convention), finite; any H, W (each
+    view is resized to the configured view size)."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{key}: expected a torch tensor (B, 3, H, W), got {type(x).__name__}")
     if x.ndim != 4 or x.shape[1] != 3:
@@ -42,6 +50,19 @@ def check_view(key: str, x: Tensor) -> None:
         raise ValueError(f"{key}: pixels must be in [0, 1], got range [{lo:.3f}, {hi:.3f}]")
 
 
+@dataclass(frozen=True)
+class Observation:
+    """One validated observation batch: tiled frame (B, H, W, 3) in [-1, 1], normalised state (B, S)."""
+
+    frame: np.ndarray
+    state: np.ndarray
+    tasks: tuple[str, ...]
+
+    @property
+    def batch(self) -> int:
+        return self.state.shape[0]
+
+
 class DreamZeroJaxPolicy(PreTrainedPolicy):
     config_class = DreamZeroJaxConfig
     name = "dreamzero_jax"
@@ -50,11 +71,14 @@ class DreamZeroJaxPolicy(PreTrainedPolicy):
         super().__init__(config)
         config.validate_features()
         self.config = config
-        self.model = DreamZeroModel(config.model_config(), rngs=nnx.Rngs(config.seed))
-        self.runner = RolloutRunner(config, self.model)
+        self.jax_device = jax_device_for(config.device)
+        with jax.default_device(self.jax_device):
+            self.model = DreamZeroModel(config.model_config(), rngs=nnx.Rngs(config.seed))
+        self.runner = RolloutRunner(config, self.model, device=self.jax_device)
         # torch bookkeeping only: LeRobot moves / counts parameters of the nn.Module.
         self._device_anchor = nn.Parameter(torch.zeros(1), requires_grad=False)
         self._action_queue: deque[Tensor] = deque(maxlen=config.actions_per_plan)
+        self._queued_tasks: tuple[str, ...] | None = None
         self.last_predicted_latents: np.ndarray | None = None
         self.relative: RelativeActions | None = None
         if config.relative_action_dims and dataset_stats is not None:
@@ -66,21 +90,32 @@ class DreamZeroJaxPolicy(PreTrainedPolicy):
 
     def reset(self) -> None:
         self._action_queue.clear()
+        self._queued_tasks = None
         self.runner.reset()
 
     @torch.no_grad()
     def select_action(self, batch: dict[str, Tensor], **kwargs: Any) -> Tensor:
-        frame = self._observe(batch)
+        """One action (B, action_dim). Every call is validated in full, also when it is served from the
+        queue; a new instruction drops the queued actions and re-plans (the context resets with it)."""
+        obs = self._validated(batch)
         if self._action_queue:
-            self.runner.record(frame)
+            queued = self._action_queue[0].shape[0]
+            if obs.batch != queued:
+                raise ValueError(f"batch size changed from {queued} to {obs.batch} while actions are queued; "
+                                 "call reset() before starting a new set of episodes")
+            if obs.tasks != self._queued_tasks:
+                self._action_queue.clear()
+        if self._action_queue:
+            self.runner.record(obs.frame)
         else:
-            chunk = self._plan(batch, frame)  # (B, n, A)
+            chunk = self._plan(obs)  # (B, n, A)
             self._action_queue.extend(chunk.transpose(0, 1))
+            self._queued_tasks = obs.tasks
         return self._action_queue.popleft()
 
     @torch.no_grad()
     def predict_action_chunk(self, batch: dict[str, Tensor], **kwargs: Any) -> Tensor:
-        return self._plan(batch, self._observe(batch))
+        return self._plan(self._validated(batch))
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict | None]:
         raise RuntimeError(
@@ -88,24 +123,27 @@ class DreamZeroJaxPolicy(PreTrainedPolicy):
         )
 
     # ------------------------------------------------------------------ internals
-    def _observe(self, batch: dict[str, Tensor]) -> np.ndarray:
-        """Validate the batch and return the tiled frame (B, H, W, 3) in [-1, 1] as numpy."""
+    def _validated(self, batch: dict[str, Any]) -> Observation:
+        """Check everything a plan needs (cameras, state, task, batch size) and convert it."""
+        state = self._state(batch)
+        frame = self._observe(batch, state.shape[0])
+        return Observation(frame, state, self._tasks(batch, state.shape[0]))
+
+    def _observe(self, batch: dict[str, Tensor], b: int | None = None) -> np.ndarray:
+        """Validate the cameras and return the tiled frame (B, H, W, 3) in [-1, 1] as numpy."""
         cams = self.config.camera_keys
         for key in [*cams, OBS_STATE]:
             if key not in batch:
                 raise ValueError(f"missing observation key {key!r}; the policy expects {[*cams, OBS_STATE]}")
-        b = batch[OBS_STATE].shape[0]
+        b = batch[OBS_STATE].shape[0] if b is None else b
         views = []
         for key in cams:
             x = batch[key]
             check_view(key, x)
-            want = tuple(self.config.image_features[key].shape)
-            if tuple(x.shape[1:]) != want:
-                raise ValueError(f"{key}: expected (B, {', '.join(map(str, want))}) channels-first, got {tuple(x.shape)}")
             if x.shape[0] != b:
                 raise ValueError(f"{key}: batch size {x.shape[0]} != observation.state batch size {b}")
             views.append(x.detach().to("cpu", torch.float32).permute(0, 2, 3, 1).numpy())
-        tiled = tile_views(views, self.config)  # (B, H, W, 3) in [0, 1]
+        tiled = tile_views(views, self.config)  # (B, H, W, 3) in [0, 1], each view at the configured size
         return np.clip(tiled * 2.0 - 1.0, -1.0, 1.0).astype(np.float32)
 
     def _tasks(self, batch: dict[str, Any], b: int) -> tuple[str, ...]:
@@ -129,20 +167,26 @@ class DreamZeroJaxPolicy(PreTrainedPolicy):
         return ("",) * b if self.config.blank_instruction else tasks
 
     def _state(self, batch: dict[str, Tensor]) -> np.ndarray:
+        """The normalised state (B, S), not clamped (relative actions add back the true state)."""
+        if OBS_STATE not in batch:
+            raise ValueError(f"missing observation key {OBS_STATE!r}")
         s = batch[OBS_STATE]
         want = self.config.robot_state_feature.shape[0]
+        if not isinstance(s, torch.Tensor):
+            raise ValueError(f"{OBS_STATE}: expected a torch tensor (B, {want}), got {type(s).__name__}")
+        if s.ndim == 2 and s.shape[0] == 0:
+            raise ValueError(f"{OBS_STATE}: empty batch (B=0)")
         if s.ndim != 2 or s.shape[1] != want:
             raise ValueError(f"{OBS_STATE}: expected shape (B, {want}), got {tuple(s.shape)}")
         if not torch.isfinite(s).all():
             raise ValueError(f"{OBS_STATE} contains NaN or inf")
         return s.detach().to("cpu", torch.float32).numpy()
 
-    def _plan(self, batch: dict[str, Tensor], frame: np.ndarray) -> Tensor:
-        state = self._state(batch)
-        b = state.shape[0]
-        tasks = self._tasks(batch, b)
+    def _plan(self, obs: Observation) -> Tensor:
+        state, b = obs.state, obs.batch
         emb = np.full((b,), self.config.embodiment_id, np.int32)
-        actions, latents = self.runner.step(frame, state, tasks, emb)
+        # The model saw states clamped to [-1, 1] in training (q01/q99 tails), as the reference clamps them.
+        actions, latents = self.runner.step(obs.frame, np.clip(state, -1.0, 1.0), obs.tasks, emb)
         self.last_predicted_latents = latents
         n = self.config.actions_per_plan
         a_dim = self.config.action_feature.shape[0]
@@ -173,9 +217,4 @@ class DreamZeroJaxPolicy(PreTrainedPolicy):
                                                                  Path(model_file).parent)
         return model
 
-    def load_model_state(self, model: DreamZeroModel) -> None:
-        """Use the weights of ``model`` (e.g. fresh from the trainer) for inference."""
-        nnx.update(self.model, nnx.state(model))
-        self.runner.set_params(self.model)
-        self.reset()
 

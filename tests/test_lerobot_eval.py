@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from eval_checks import check_eval_info
 
 import lerobot_policy_dreamzero  # noqa: F401  (what plugin discovery imports)
 from dreamzero_policy.configuration_dreamzero import DreamZeroJaxConfig
@@ -16,7 +17,7 @@ def test_lerobot_eval_in_process(tmp_path):
     from lerobot.configs.eval import EvalConfig, EvalPipelineConfig
     from lerobot.scripts.lerobot_eval import eval_main
 
-    from envs.lerobot_config import DzReachEnv
+    from dreamzero_envs.lerobot_config import DzReachEnv
 
     cfg = EvalPipelineConfig(
         env=DzReachEnv(episode_length=6, image_size=32),
@@ -25,9 +26,7 @@ def test_lerobot_eval_in_process(tmp_path):
         output_dir=tmp_path / "eval",
     )
     eval_main(cfg)
-    info = json.loads((tmp_path / "eval" / "eval_info.json").read_text())
-    overall = info["overall"]
-    assert overall["n_episodes"] == 2 and 0.0 <= overall["pc_success"] <= 100.0
+    check_eval_info(tmp_path / "eval" / "eval_info.json", 2)
     videos = list((tmp_path / "eval" / "videos").rglob("*.mp4"))
     assert videos and all(v.stat().st_size > 0 for v in videos)
 

@@ -131,7 +131,8 @@ def test_strict_load_names_the_problem(policy, tmp_path):
     [
         (lambda o: o.pop("observation.images.top"), "observation.images.top"),
         (lambda o: o.pop("observation.state"), "observation.state"),
-        (lambda o: o.__setitem__("observation.images.top", torch.rand(B, 3, 16, 16)), "expected"),
+        (lambda o: o.__setitem__("observation.images.top", torch.rand(B, 1, 16, 16)), "channels-first RGB"),
+        (lambda o: o.__setitem__("observation.state", torch.rand(0, 2)), "empty batch"),
         (lambda o: o.__setitem__("observation.images.top", torch.rand(B, 32, 32, 3)), "channels-first"),
         (lambda o: o.__setitem__("observation.images.top", torch.rand(B, *IMG) * 255), r"\[0, 1\]"),
         (lambda o: o["observation.state"].__setitem__((0, 0), float("nan")), "NaN"),
@@ -172,7 +173,7 @@ def test_config_validation_errors():
         make_config(preset="tiny").__class__(n_action_steps=99)
     with pytest.raises(ValueError, match="unknown preset"):
         DreamZeroJaxConfig(preset="huge")
-    assert np.isfinite(make_config().chunk_size)
+    assert make_config().chunk_size == 4  # the tiny preset's actions per block
 
 
 def test_default_task_fills_missing_instruction(policy):
@@ -204,3 +205,147 @@ def test_relative_action_dims_add_back_the_anchor_state(monkeypatch):
     rel.relative = None
     with pytest.raises(ValueError, match="statistics"):
         rel.predict_action_chunk(o)
+
+
+def test_queue_serves_the_planned_chunk_in_order(policy, monkeypatch):
+    policy.reset()
+    chunk = np.arange(B * 4 * 8, dtype=np.float32).reshape(B, 4, 8) / 100.0
+    monkeypatch.setattr(policy.runner, "step", lambda *a, **k: (chunk, np.zeros(1)))
+    served = [policy.select_action(obs(i)).numpy() for i in range(policy.config.n_action_steps)]
+    for i, a in enumerate(served):
+        np.testing.assert_array_equal(a, chunk[:, i, :2])
+
+
+def test_observed_block_ends_with_the_frame_that_triggered_the_plan(policy, monkeypatch):
+    policy.reset()
+    blocks = []
+    real = policy.runner._history_frames
+    monkeypatch.setattr(policy.runner, "_history_frames", lambda latest: blocks.append(real(latest)) or blocks[-1])
+    policy.select_action(obs(0))  # plans (fresh context)
+    policy.select_action(obs(1))  # served from the queue: recorded
+    policy.select_action(obs(2))  # plans: observes [frame 1, frame 2]
+    assert len(blocks) == 1
+    f1, f2 = policy._observe(obs(1)), policy._observe(obs(2))
+    np.testing.assert_array_equal(blocks[0][:, -1], f2)
+    np.testing.assert_array_equal(blocks[0][:, 0], f1)
+    # unit: history [1, 2, 3] and latest 4 -> an evenly spread block that ends with 4
+    r = policy.runner
+    r.history = [np.full((1, 2, 2, 3), v, np.float32) for v in (1, 2, 3)]
+    got = real(np.full((1, 2, 2, 3), 4, np.float32))[0, :, 0, 0, 0]
+    assert got[-1] == 4 and set(got.tolist()) == {1, 2, 3, 4}, got
+    r.reset()
+
+
+def test_batch_size_change_while_queued_is_a_clear_error_and_never_sticks(policy):
+    policy.reset()
+    policy.select_action(obs(0))  # B=2 planned, one action left in the queue
+    with pytest.raises(ValueError, match="batch size changed from 2 to 3"):
+        policy.select_action(obs(1, b=3))
+    assert all(f.shape[0] == B for f in policy.runner.history)  # the 3-row frame was not kept
+    for i in range(2, 6):  # planning at B=2 keeps working
+        assert policy.select_action(obs(i)).shape == (B, 2)
+    policy.reset()
+    assert policy.select_action(obs(0, b=3)).shape == (3, 2)
+    policy.reset()
+
+
+def test_every_queued_call_is_validated_and_a_new_task_replans(policy, planned):
+    policy.select_action(obs(0))
+    bad = obs(1)
+    bad["observation.state"][0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        policy.select_action(bad)  # served from the queue, still checked
+    with pytest.raises(ValueError, match="entries"):
+        policy.select_action({**obs(1), "task": ["only one"]})
+    assert len(planned) == 1
+    policy.select_action(obs(1, task="move to the blue target"))  # new instruction: queue dropped, re-plan
+    assert len(planned) == 2 and planned[-1] == 1 + policy.model.cfg.dit.frames_per_block
+
+
+def test_text_embedding_cache_is_bounded(policy):
+    from dreamzero_policy.inference.runner import TEXT_CACHE_SIZE
+
+    r = policy.runner
+    fns = r._fns(1, np.zeros((1, 32, 32, 3), np.float32))
+    for i in range(TEXT_CACHE_SIZE + 10):
+        r._encoded_text(fns, (f"task {i}",))
+    assert len(r._text_cache) == TEXT_CACHE_SIZE
+    assert ("task 0",) not in r._text_cache and (f"task {TEXT_CACHE_SIZE + 9}",) in r._text_cache
+
+
+def test_any_camera_resolution_is_resized_to_the_view_size(policy):
+    policy.reset()
+    o = obs(0)
+    o["observation.images.top"] = torch.rand(B, 3, 96, 160)  # announced 32x32, rendered larger
+    assert policy.select_action(o).shape == (B, 2)
+    assert policy._observe(o).shape == (B, 32, 32, 3)
+    policy.reset()
+
+
+def test_resize_is_antialiased():
+    from dreamzero_policy.inference.observation import resize_views
+
+    stripes = np.zeros((1, 480, 480, 3), np.float32)
+    stripes[:, :, ::2] = 1.0  # one-pixel stripes: their true average at 32 px is a flat 0.5
+    small = resize_views(stripes, 32, 32)
+    assert abs(small.mean() - 0.5) < 0.01 and small.std() < 0.02, (small.mean(), small.std())
+
+
+def test_relative_actions_with_states_in_the_tails_round_trip_through_the_real_processors(monkeypatch):
+    from dreamzero_policy.processor_dreamzero import make_dreamzero_jax_pre_post_processors
+
+    stats = {"action": {"q01": torch.tensor([-0.5, -1.0]), "q99": torch.tensor([0.5, 1.0])},
+             "observation.state": {"q01": torch.tensor([-2.0, -2.0]), "q99": torch.tensor([2.0, 2.0])}}
+    cfg = make_config(relative_action_dims=[0])
+    rel = DreamZeroJaxPolicy(cfg, dataset_stats=stats)
+    pre, post = make_dreamzero_jax_pre_post_processors(cfg, stats)
+    r_norm = np.zeros((B, 4, 8), np.float32)
+    r_norm[..., 0], r_norm[..., 1] = 0.2, -0.4
+    monkeypatch.setattr(rel.runner, "step", lambda *a, **k: (r_norm, np.zeros(1)))
+    raw = obs(3)
+    raw["observation.state"] = torch.tensor([[3.5, 0.0], [-5.0, 1.0]])  # outside q01/q99 = [-2, 2]
+    chunk = rel.predict_action_chunk(pre(dict(raw)))
+    absolute = torch.stack([post(chunk[:, i]) for i in range(chunk.shape[1])], dim=1).numpy()
+    r_raw = (0.2 + 1.0) * 1.0 / 2.0 - 0.5  # the relative action in robot units
+    want = np.repeat(r_raw + raw["observation.state"][:, :1].numpy(), absolute.shape[1], axis=1)
+    np.testing.assert_allclose(absolute[..., 0], want, atol=1e-5)  # r + the true state, not the clamped one
+    np.testing.assert_allclose(absolute[..., 1], (-0.4 + 1.0) * 2.0 / 2.0 - 1.0, atol=1e-5)
+
+
+def test_policy_device_places_the_model_and_an_unreachable_one_is_an_error(policy, monkeypatch):
+    cpu = jax.devices("cpu")[0]
+    assert policy.jax_device == cpu
+    assert {d for leaf in jax.tree.leaves(policy.runner.params) for d in leaf.devices()} == {cpu}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # LeRobot keeps "cuda" only if torch sees one
+    cfg = make_config()
+    cfg.device = "cuda"
+    with pytest.raises(ValueError, match="no GPU backend"):
+        DreamZeroJaxPolicy(cfg)
+
+
+def test_lerobot_train_stops_with_the_dreamzero_train_command():
+    from dreamzero_policy.configuration_dreamzero import TrainWithDreamZeroTrain
+
+    with pytest.raises(TrainWithDreamZeroTrain, match="dreamzero-train"):
+        make_config().get_optimizer_preset()
+
+
+def test_every_config_field_is_read_by_the_code():
+    """A policy field that no code reads is a flag that does nothing."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from lerobot.configs.policies import PreTrainedConfig
+
+    root = Path(__file__).resolve().parents[1]
+    code = "\n".join(p.read_text() for d in ("dreamzero_policy", "envs", "eval") for p in (root / d).rglob("*.py")
+                     if p.name != "configuration_dreamzero.py")
+    code += (root / "dreamzero_policy" / "configuration_dreamzero.py").read_text().split("# ---", 1)[1]
+    import lerobot.processor.factory as lerobot_factory  # LeRobot reads normalization_mapping to build processors
+
+    code += Path(lerobot_factory.__file__).read_text()
+    inherited = {f.name for f in dataclasses.fields(PreTrainedConfig)}
+    ours = [f.name for f in dataclasses.fields(DreamZeroJaxConfig) if f.name not in inherited]
+    unread = [n for n in ours if not re.search(rf"\.{n}\b", code)]
+    assert not unread, unread

@@ -7,6 +7,7 @@ never trigger a recompilation; a shape mismatch raises instead of silently recom
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import jax
@@ -18,6 +19,10 @@ from dreamzero_policy.configuration_dreamzero import DreamZeroJaxConfig
 from dreamzero_policy.inference import rollout as ro
 from dreamzero_policy.models.world_model import DreamZeroModel, make_tokenizer
 from dreamzero_policy.schedulers.unipc import UniPCSchedule
+
+# Distinct task tuples whose umT5 states stay cached (LRU). A server whose clients vary the prompt must not
+# grow without bound: at 14B one entry is about 8 MiB of device memory.
+TEXT_CACHE_SIZE = 32
 
 
 def _compile(fn, *args):
@@ -37,8 +42,9 @@ class _Compiled:
 class RolloutRunner:
     config: DreamZeroJaxConfig
     model: DreamZeroModel
+    device: jax.Device | None = None  # where parameters live and the rollout runs; None: JAX's default
     _compiled: dict[int, _Compiled] = field(default_factory=dict)
-    _text_cache: dict[tuple[str, ...], jax.Array] = field(default_factory=dict)
+    _text_cache: OrderedDict[tuple[str, ...], jax.Array] = field(default_factory=OrderedDict)
     state: ro.RolloutState | None = None
     tasks: tuple[str, ...] | None = None
     chunks_done: int = 0
@@ -47,7 +53,8 @@ class RolloutRunner:
 
     def __post_init__(self) -> None:
         self.tokenizer = make_tokenizer(self.model.cfg, self.config.tokenizer_dir)
-        self.graphdef, self.params = nnx.split(self.model)
+        self.device = self.device or jax.devices()[0]
+        self.set_params(self.model)
         c = self.config
         mask = [True] * c.num_inference_steps if c.dit_steps is None else [
             i in set(c.dit_steps) for i in range(c.num_inference_steps)
@@ -56,8 +63,12 @@ class RolloutRunner:
         self.dit_mask = tuple(mask)
 
     def set_params(self, model: DreamZeroModel) -> None:
+        """Use ``model``'s weights; they are placed on ``device`` (executables follow their arguments)."""
         self.model = model
-        self.graphdef, self.params = nnx.split(model)
+        self.graphdef, params = nnx.split(model)
+        self.params = jax.device_put(params, self.device)
+        self._text_cache.clear()  # umT5 states of the old weights
+        self.reset()
 
     # ------------------------------------------------------------------ context
     def reset(self) -> None:
@@ -87,11 +98,11 @@ class RolloutRunner:
         spec = self.spec(batch)
         g = self.graphdef
         m = lambda p: nnx.merge(g, p)
-        ids, mask = (jnp.asarray(a) for a in self.tokenizer([""] * batch))
+        ids, mask = (jax.device_put(np.asarray(a), self.device) for a in self.tokenizer([""] * batch))
         text_fn = _compile(lambda p, i, k: m(p).encode_text(i, k), self.params, ids, mask)
         text = text_fn(self.params, ids, mask)
 
-        f0 = jnp.asarray(frame)
+        f0 = jax.device_put(frame, self.device)
         both = jnp.concatenate([text] * spec.branches)
         start_fn = _compile(lambda p, t, f: ro.start_context(m(p), spec, t, f), self.params, both, f0)
         state = start_fn(self.params, both, f0)
@@ -115,10 +126,14 @@ class RolloutRunner:
         return self._compiled[batch]
 
     def _encoded_text(self, fns: _Compiled, tasks: tuple[str, ...]) -> jax.Array:
-        """umT5 states per task tuple, cached: a task's embedding is computed once."""
-        if tasks not in self._text_cache:
-            ids, mask = self.tokenizer(list(tasks))
-            self._text_cache[tasks] = fns.encode_text(self.params, jnp.asarray(ids), jnp.asarray(mask))
+        """umT5 states per task tuple, in an LRU cache of ``TEXT_CACHE_SIZE`` entries."""
+        if tasks in self._text_cache:
+            self._text_cache.move_to_end(tasks)
+            return self._text_cache[tasks]
+        ids, mask = self.tokenizer(list(tasks))
+        self._text_cache[tasks] = fns.encode_text(self.params, np.asarray(ids), np.asarray(mask))
+        while len(self._text_cache) > TEXT_CACHE_SIZE:
+            self._text_cache.popitem(last=False)
         return self._text_cache[tasks]
 
     # ------------------------------------------------------------------ one chunk
@@ -151,12 +166,20 @@ class RolloutRunner:
         return np.asarray(actions), np.asarray(video)
 
     def record(self, frame: np.ndarray) -> None:
+        """Keep a frame seen while the current chunk executes (it joins the next observed block)."""
+        if self.history and self.history[0].shape != frame.shape:
+            raise ValueError(f"frame {frame.shape} does not match the recorded frames {self.history[0].shape}; "
+                             "call reset() before changing the batch or the cameras")
         self.history.append(frame)
 
     def _history_frames(self, latest: np.ndarray) -> np.ndarray:
-        """The 4*fpb frames of the last chunk, evenly subsampled from what was observed (repeated when
-        fewer were seen, as the reference repeats them), ending with the latest frame."""
-        frames = self.history or [latest]
+        """The 4*fpb frames of the last chunk: the recorded frames followed by ``latest`` (the frame that
+        triggers this plan, as the reference sends the newest frames), evenly subsampled and repeated
+        when fewer were seen, so the block always ends with ``latest``."""
+        frames = [*self.history, latest]
+        if any(f.shape != latest.shape for f in frames):
+            raise ValueError(f"recorded frames {[f.shape for f in self.history]} do not match the latest frame "
+                             f"{latest.shape}; call reset() before changing the batch or the cameras")
         n = 4 * self.model.cfg.dit.frames_per_block
-        idx = np.round(np.linspace(0, len(frames) - 1, n)).astype(int) if len(frames) > 1 else np.zeros(n, int)
+        idx = np.round(np.linspace(0, len(frames) - 1, n)).astype(int)
         return np.stack([frames[i] for i in idx], axis=1).astype(np.float32)
