@@ -1,6 +1,6 @@
 """Gymnasium simulators for DreamZero experiments (numpy-rendered, CPU only) and their scripted experts.
 
-Importing this package registers the gymnasium ids below; `envs.lerobot_config` registers the matching
+Importing this package registers the gymnasium ids below; `dreamzero_envs.lerobot_config` registers the matching
 LeRobot `EnvConfig`s (`--env.type=dz_reach`, `--env.type=dz_reach_arm`).
 """
 
@@ -11,8 +11,8 @@ import gymnasium as gym
 GYM_NAMESPACE = "dreamzero"
 # short name -> (gymnasium id, entry point, default episode length)
 ENV_SPECS: dict[str, tuple[str, str, int]] = {
-    "reach": (f"{GYM_NAMESPACE}/PointReach-v0", "envs.reach_point:PointReachEnv", 60),
-    "reach_arm": (f"{GYM_NAMESPACE}/ArmReach-v0", "envs.reach_arm:ArmReachEnv", 80),
+    "reach": (f"{GYM_NAMESPACE}/PointReach-v0", f"{__name__}.reach_point:PointReachEnv", 60),
+    "reach_arm": (f"{GYM_NAMESPACE}/ArmReach-v0", f"{__name__}.reach_arm:ArmReachEnv", 80),
 }
 
 for _gym_id, _entry_point, _steps in ENV_SPECS.values():

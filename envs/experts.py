@@ -5,7 +5,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from envs.reach_base import ReachEnv
+from dreamzero_envs.reach_base import ReachEnv
 
 
 class ScriptedExpert:

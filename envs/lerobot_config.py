@@ -1,9 +1,9 @@
 """LeRobot registration of the reach sims: `--env.type=dz_reach` (2D point) and `dz_reach_arm` (3-link arm).
 
 Importing this module registers both `EnvConfig` choices with draccus (LeRobot 0.6 resolves `--env.type`
-through `EnvConfig.get_choice_class`) and, through `import envs`, the gymnasium ids they build. LeRobot's
+through `EnvConfig.get_choice_class`) and, through `import dreamzero_envs`, the gymnasium ids they build. LeRobot's
 default `EnvConfig.create_envs` then does `gym.make(cfg.gym_id, **cfg.gym_kwargs)` per sub-env, so no
-override is needed; `package_name` points at `envs` so that a process that only unpickled the config
+override is needed; `package_name` points at `dreamzero_envs` so that a process that only unpickled the config
 (AsyncVectorEnv workers) can still find the ids.
 
 Env observation keys -> policy keys (via `features_map`, as gym-aloha does):
@@ -19,10 +19,10 @@ from lerobot.configs import FeatureType, PolicyFeature
 from lerobot.envs.configs import EnvConfig
 from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_STATE
 
-import envs
-from envs.reach_arm import ArmReachEnv
-from envs.reach_base import ReachEnv, parse_cameras
-from envs.reach_point import PointReachEnv
+import dreamzero_envs as envs
+from dreamzero_envs.reach_arm import ArmReachEnv
+from dreamzero_envs.reach_base import ReachEnv, parse_cameras
+from dreamzero_envs.reach_point import PointReachEnv
 
 
 @dataclass
@@ -36,7 +36,7 @@ class _DzReachBase(EnvConfig):
     n_targets: int = 3
     success_radius: float = 0.1
     render_size: int = 128
-    layout: str = "fixed"  # envs.reach_base.LAYOUTS: "fixed", "slots" (shuffled colours) or "random"
+    layout: str = "fixed"  # dreamzero_envs.reach_base.LAYOUTS: "fixed", "slots" (shuffled colours) or "random"
     features: dict[str, PolicyFeature] = field(default_factory=dict)
     features_map: dict[str, str] = field(default_factory=dict)
 
@@ -65,7 +65,7 @@ class _DzReachBase(EnvConfig):
 
     @property
     def package_name(self) -> str:
-        return "envs"
+        return "dreamzero_envs"
 
     @property
     def gym_id(self) -> str:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.reach_base import ReachEnv
-from envs.render import ARENA_HALF, Canvas
+from dreamzero_envs.reach_base import ReachEnv
+from dreamzero_envs.render import ARENA_HALF, Canvas
 
 BASE = np.array([0.0, -0.9])
 LINKS = np.array([0.7, 0.55, 0.4])

@@ -2,7 +2,7 @@
 
 `ReachEnv` owns everything that does not depend on the embodiment: the scene (target positions and
 colours), the instruction, success, observations, rendering of the targets and the gymnasium API.
-Subclasses (`envs.reach_point`, `envs.reach_arm`) supply the state, the action semantics, kinematics,
+Subclasses (`dreamzero_envs.reach_point`, `dreamzero_envs.reach_arm`) supply the state, the action semantics, kinematics,
 drawing of the body and a privileged proportional controller used by the scripted expert.
 
 Observations follow the gym-pusht / gym-aloha layout that `lerobot.envs.utils.preprocess_observation`
@@ -21,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.render import Camera, Canvas
+from dreamzero_envs.render import Camera, Canvas
 
 PALETTE: dict[str, np.ndarray] = {
     "red": np.array([220, 40, 40], dtype=np.uint8),

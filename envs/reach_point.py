@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.reach_base import ReachEnv
-from envs.render import Canvas
+from dreamzero_envs.reach_base import ReachEnv
+from dreamzero_envs.render import Canvas
 
 MAX_STEP = 0.08
 POSITION_LIMIT = 0.95

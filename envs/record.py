@@ -1,6 +1,6 @@
 """Roll out a scripted expert and write the demonstrations as a local LeRobotDataset (v3).
 
-    python -m envs.record --env reach --episodes 200 --root data/dz_reach --seed 0
+    python -m dreamzero_envs.record --env=reach --episodes=200 --root=data/dz_reach --seed=0
 
 Frames are stored as `dtype: image` (PNG inside parquet), so no FFmpeg/video codec is needed to write or
 read. Features: `observation.images.<cam>` (H, W, 3) uint8, `observation.state`, `action` (float32), and
@@ -10,17 +10,17 @@ episodes are dropped (and counted) so that every stored episode succeeds.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import draccus
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_STATE
 
-import envs
-from envs.experts import ScriptedExpert
-from envs.reach_base import LAYOUTS, ReachEnv, parse_cameras
+import dreamzero_envs as envs
+from dreamzero_envs.experts import ScriptedExpert
+from dreamzero_envs.reach_base import LAYOUTS, ReachEnv, parse_cameras
 
 
 @dataclass(frozen=True)
@@ -117,33 +117,41 @@ def record(
     return RecordSummary(root, repo_id, len(kept), frames, failed, tuple(kept))
 
 
+@dataclass
+class RecordConfig:
+    episodes: int  # successful episodes to keep
+    root: str  # output directory (must not exist)
+    env: str = "reach"  # "reach" or "reach_arm"
+    seed: int = 0
+    repo_id: str | None = None  # default local/dz_<env>
+    image_size: int = 64
+    cameras: str = "top"  # comma-separated subset of top,wrist
+    noise_std: float = 0.1
+    max_episode_steps: int | None = None
+    layout: str = "fixed"  # "fixed", "slots" or "random"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--env", choices=sorted(envs.ENV_SPECS), default="reach")
-    parser.add_argument("--episodes", type=int, required=True)
-    parser.add_argument("--root", required=True, help="output directory (must not exist)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repo-id", default=None, help="dataset repo id (default local/dz_<env>)")
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--cameras", default="top", help="comma-separated subset of top,wrist")
-    parser.add_argument("--noise-std", type=float, default=0.1)
-    parser.add_argument("--max-episode-steps", type=int, default=None)
-    parser.add_argument("--layout", choices=LAYOUTS, default="fixed")
-    args = parser.parse_args(argv)
-    summary = record(
-        args.env,
-        args.episodes,
-        args.root,
-        seed=args.seed,
-        repo_id=args.repo_id,
-        image_size=args.image_size,
-        cameras=args.cameras,
-        noise_std=args.noise_std,
-        max_episode_steps=args.max_episode_steps,
-        layout=args.layout,
-    )
+    args = draccus.parse(RecordConfig, args=argv)
+    if args.env not in envs.ENV_SPECS:
+        raise SystemExit(f"--env={args.env}: choose from {sorted(envs.ENV_SPECS)}")
+    if args.layout not in LAYOUTS:
+        raise SystemExit(f"--layout={args.layout}: choose from {list(LAYOUTS)}")
+    try:
+        summary = record(
+            args.env,
+            args.episodes,
+            args.root,
+            seed=args.seed,
+            repo_id=args.repo_id,
+            image_size=args.image_size,
+            cameras=args.cameras,
+            noise_std=args.noise_std,
+            max_episode_steps=args.max_episode_steps,
+            layout=args.layout,
+        )
+    except ValueError as e:
+        raise SystemExit(f"record: {e}") from None
     print(
         f"wrote {summary.episodes} episodes / {summary.frames} frames of {args.env} to {summary.root} "
         f"(repo_id={summary.repo_id}, failed attempts dropped: {summary.failed_attempts})"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import envs
+import dreamzero_envs as envs
 
 
 def random_policy_success(env_name: str, seeds: range, image_size: int = 64, layout: str = "fixed",
@@ -25,7 +25,7 @@ def random_policy_success(env_name: str, seeds: range, image_size: int = 64, lay
 
 def expert_success(env_name: str, seeds: range, image_size: int = 64, layout: str = "fixed") -> float:
     """The scripted expert on the same seeds (the ceiling)."""
-    from envs.experts import ScriptedExpert
+    from dreamzero_envs.experts import ScriptedExpert
 
     wins = 0
     for seed in seeds:

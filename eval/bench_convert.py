@@ -1,22 +1,25 @@
 """Peak memory of a checkpoint conversion, as a ratio to the checkpoint's size.
 
 Writes a synthetic reference-layout bf16 DiT checkpoint with the real 14B widths (dim 5120, ffn 13824)
-and ``--layers`` blocks (2 blocks: about 1.8 GB) under /tmp, converts it in a fresh subprocess and
+and ``--layers`` blocks (2 blocks: about 2.1 GiB) under /tmp, converts it in a fresh subprocess and
 reports that process's peak RSS: total, and above the RSS it had after importing everything. The
 synthetic file and the output are deleted afterwards.
 
-    .venv/bin/python eval/bench_convert.py [--layers 2]
+    uv run --frozen python -m eval.bench_convert --layers=2
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+import draccus
 
 _CHILD = r"""
 import json, resource, sys
@@ -56,10 +59,13 @@ def write_synthetic(path: Path, layers: int) -> int:
     return path.stat().st_size
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--layers", type=int, default=2)
-    args = ap.parse_args()
+@dataclass
+class ConvertBenchConfig:
+    layers: int = 2  # DiT blocks of the synthetic 14B-width checkpoint (2: about 2.1 GiB)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = draccus.parse(ConvertBenchConfig, args=argv)
     tmp = Path(tempfile.mkdtemp(prefix="bench_convert_", dir="/tmp"))
     try:
         src = tmp / "src" / "model.safetensors"

@@ -1,15 +1,17 @@
 """Rollout benchmark: KV-cached chunks vs full recompute, select_action cost, compile vs steady state.
 
-    uv run python -m eval.bench_rollout --preset tiny
+    uv run --frozen python -m eval.bench_rollout --preset=tiny --size=32 --steps=16 --cfg=5.0
 
 All figures come from one run on one machine and are printed side by side (ratios, not absolutes).
 """
 
 from __future__ import annotations
 
-import argparse
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
+import draccus
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,13 +83,16 @@ def bench_chunks(policy: DreamZeroJaxPolicy, frame: np.ndarray) -> list[tuple[in
     return rows
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--size", type=int, default=32, help="camera view size (pixels)")
-    p.add_argument("--steps", type=int, default=16)
-    p.add_argument("--cfg", type=float, default=5.0)
-    args = p.parse_args()
+@dataclass
+class RolloutBenchConfig:
+    preset: str = "tiny"  # model preset (see `dreamzero-params`)
+    size: int = 32  # camera view size (pixels, square)
+    steps: int = 16  # denoising steps per plan (16: the reference DiT step schedule)
+    cfg: float = 5.0  # classifier-free guidance scale (1.0: no guidance branch)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = draccus.parse(RolloutBenchConfig, args=argv)
     dit_steps = list(REFERENCE_DIT_STEPS) if args.steps == 16 else None
     cfg = DreamZeroJaxConfig(
         preset=args.preset, device="cpu", num_inference_steps=args.steps, dit_steps=dit_steps, cfg_scale=args.cfg,

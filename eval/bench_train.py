@@ -1,21 +1,26 @@
 """Training throughput on CPU: train steps/s and samples/s for the tiny and small presets, data-loader
 throughput next to step time, with and without precomputed encoder outputs.
 
-    python eval/bench_train.py --presets tiny small --steps 5 --batch 2
+    uv run --frozen python -m eval.bench_train --presets='[tiny,small]' --steps=5 --batch=2 --workers=0
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import draccus
 import jax
 from flax import nnx
+from lerobot.configs.default import DatasetConfig
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
+from dreamzero_envs.record import record
+from dreamzero_policy.configuration_dreamzero import DreamZeroJaxConfig
 from dreamzero_policy.models.world_model import make_tokenizer
 from dreamzero_policy.training.config import TrainConfig
 from dreamzero_policy.training.data import PositionSampler, WindowDataset, make_loader
@@ -23,7 +28,6 @@ from dreamzero_policy.training.export import build_model
 from dreamzero_policy.training.precompute import PrecomputedDataset, precompute
 from dreamzero_policy.training.sharding import global_batch, make_mesh
 from dreamzero_policy.training.trainer import DiTTrainer, batch_from_arrays, encode_raw
-from envs.record import record
 
 
 def _time_loader(dataset, batch: int, n: int, workers: int) -> float:
@@ -38,30 +42,27 @@ def _time_loader(dataset, batch: int, n: int, workers: int) -> float:
 
 def bench(preset: str, root: Path, work: Path, steps: int, batch: int, workers: int) -> dict:
     cfg = TrainConfig(
-        dataset_root=str(root),
-        repo_id="local/bench",
-        preset=preset,
+        DatasetConfig(repo_id="local/bench", root=str(root)),
+        policy=DreamZeroJaxConfig(preset=preset, view_height=32, view_width=32, device="cpu"),
         batch_size=batch,
         steps=100,
-        view_height=32,
-        view_width=32,
     )
     model = build_model(cfg)
     ds = WindowDataset(
         LeRobotDataset("local/bench", root=root),
-        cfg.policy_config(),
+        cfg.policy,
         model.cfg,
         make_tokenizer(model.cfg),
-        num_chunks=cfg.num_chunks,
+        num_chunks=cfg.windows.num_chunks,
     )
     res = {"preset": preset, "batch": batch, "loader_samples_per_s": _time_loader(ds, batch, steps, workers)}
     pre_dir = precompute(
         WindowDataset(
             ds.ds,
-            cfg.policy_config(),
+            cfg.policy,
             model.cfg,
             make_tokenizer(model.cfg),
-            num_chunks=cfg.num_chunks,
+            num_chunks=cfg.windows.num_chunks,
             train=False,
         ),
         model,
@@ -91,13 +92,16 @@ def bench(preset: str, root: Path, work: Path, steps: int, batch: int, workers: 
     return res
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--presets", nargs="+", default=["tiny", "small"])
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--workers", type=int, default=0)
-    a = p.parse_args()
+@dataclass
+class TrainBenchConfig:
+    presets: list[str] = field(default_factory=lambda: ["tiny", "small"])  # as --presets='[tiny,small]'
+    steps: int = 5  # timed train steps (and loader batches) per preset, after one compile step
+    batch: int = 2  # samples per batch
+    workers: int = 0  # data-loader worker processes for the raw-loader timing
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    a = draccus.parse(TrainBenchConfig, args=argv)
     with tempfile.TemporaryDirectory() as tmp:
         root = record(
             "reach", 2, Path(tmp) / "ds", repo_id="local/bench", image_size=32, max_episode_steps=30

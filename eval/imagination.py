@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-import envs
+import dreamzero_envs as envs
 from dreamzero_policy.modeling_dreamzero import DreamZeroJaxPolicy
 
 

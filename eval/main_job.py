@@ -2,7 +2,7 @@
 
   1. record scripted-expert demonstrations of the language-conditioned reach task (LeRobotDataset v3)
   2. train the ``small`` DreamZero preset on them with ``dreamzero-train`` (progress bar)
-  3. export the policy directory
+  3. export the policy directory (``dreamzero-train`` does it when the run finishes)
   4. evaluate it closed loop with ``lerobot-eval`` on held-out seeds, next to two baselines: a random
      policy and the trained policy with the instruction blanked
   5. write the evaluation videos and a picture of imagined vs real future frames
@@ -31,7 +31,7 @@ import jax
 class MainJobConfig:
     out: str = "outputs/main_job"
     env: str = "reach"  # envs.ENV_SPECS name; lerobot-eval uses --env.type=dz_<env>
-    # Target layout of the reach sims (envs.reach_base.LAYOUTS). "fixed": the instruction alone decides the
+    # Target layout of the reach sims (dreamzero_envs.reach_base.LAYOUTS). "fixed": the instruction alone decides the
     # goal; the colour-shuffled "slots" layout is not learnt in a 2-core budget yet (see the README).
     layout: str = "fixed"
     demos: int = 100
@@ -101,7 +101,7 @@ def _lerobot_eval(cfg: MainJobConfig, policy_dir: Path, out: Path, extra: list[s
 
 
 def run(cfg: MainJobConfig) -> dict:
-    from envs.record import record
+    from dreamzero_envs.record import record
     from eval.baselines import random_policy_success
 
     out = Path(cfg.out)
@@ -111,7 +111,8 @@ def run(cfg: MainJobConfig) -> dict:
     for k, v in _subprocess_env(cfg).items():  # the in-process stages share the XLA cache too
         if k.startswith("JAX_"):
             jax.config.update(k.lower(), float(v) if k.endswith("_SECS") else v)
-    data, train_dir, policy_dir = out / "demos", out / "train", out / "policy"
+    data, train_dir = out / "demos", out / "train"
+    policy_dir = train_dir / "pretrained_model"  # dreamzero-train exports there when the run finishes
 
     with _stage(cfg, "record demonstrations"):
         if not (data / "meta" / "info.json").exists():
@@ -120,35 +121,30 @@ def run(cfg: MainJobConfig) -> dict:
             s = record(cfg.env, cfg.demos, data, seed=0, image_size=cfg.image_size, layout=cfg.layout)
             print(f"{s.episodes} episodes, {s.frames} frames -> {data}")
 
+    # The sampling settings the job evaluates with go into the policy config, so the exported policy runs
+    # as measured with a plain `lerobot-eval --policy.path=...`. The context resets after as many chunks as
+    # a training window holds: longer contexts were never seen.
     train_args = [
-        f"--dataset_root={data}", f"--repo_id=local/dz_{cfg.env}", f"--output_dir={train_dir}",
-        f"--preset={cfg.preset}", f"--steps={cfg.steps}", f"--batch_size={cfg.batch_size}",
-        f"--num_chunks={cfg.num_chunks}", f"--optim.lr={cfg.lr}", f"--view_height={cfg.image_size}",
-        f"--view_width={cfg.image_size}", f"--save_every={max(1, cfg.steps // 4)}",
-        f"--precomputed={out / 'precomputed'}", f"--latent_stats_frames={cfg.latent_stats_frames}",
+        f"--dataset.repo_id=local/dz_{cfg.env}", f"--dataset.root={data}", f"--output_dir={train_dir}",
+        f"--policy.preset={cfg.preset}", f"--policy.view_height={cfg.image_size}",
+        f"--policy.view_width={cfg.image_size}", "--policy.device=cpu",
+        f"--policy.num_inference_steps={cfg.inference_steps}", "--policy.cfg_scale=1.0",
+        f"--policy.n_action_steps={cfg.n_action_steps}", f"--policy.max_chunks_before_reset={cfg.num_chunks}",
+        f"--steps={cfg.steps}", f"--batch_size={cfg.batch_size}", f"--save_freq={max(1, cfg.steps // 4)}",
+        f"--windows.num_chunks={cfg.num_chunks}", f"--windows.latent_stats_frames={cfg.latent_stats_frames}",
+        f"--optim.lr={cfg.lr}", f"--precompute.dir={out / 'precomputed'}", "--resume=true",
     ]
     with _stage(cfg, "precompute frozen encoders"):
         if not (out / "precomputed" / "stats.json").exists():
-            subprocess.run([_bin("dreamzero-train"), *train_args, "--precompute_only=true"], check=True,
+            subprocess.run([_bin("dreamzero-train"), *train_args, "--precompute.only=true"], check=True,
                            env=_subprocess_env(cfg))
-    with _stage(cfg, "train"):
+    with _stage(cfg, "train and export"):
         subprocess.run([_bin("dreamzero-train"), *train_args], check=True, env=_subprocess_env(cfg))
 
-    with _stage(cfg, "export"):
-        # In this process (it imports LeRobot anyway for the picture): a fresh process spends most of
-        # its time importing torch/LeRobot. `dreamzero-train --export_from RUN --export_to DIR` is the same call.
-        from dreamzero_policy.training.export import export_pretrained
-
-        export_pretrained(train_dir, policy_dir)
-        _store_sampling(cfg, policy_dir)
-
-    # The context resets after as many chunks as a training window holds: longer contexts were never seen.
-    sampling = [f"--policy.num_inference_steps={cfg.inference_steps}", "--policy.cfg_scale=1.0",
-                f"--policy.n_action_steps={cfg.n_action_steps}", f"--policy.max_chunks_before_reset={cfg.num_chunks}"]
     with _stage(cfg, "evaluate trained policy (lerobot-eval)"):
-        trained = _lerobot_eval(cfg, policy_dir, out / "eval_trained", sampling)
+        trained = _lerobot_eval(cfg, policy_dir, out / "eval_trained", [])
     with _stage(cfg, "evaluate blank-instruction baseline (lerobot-eval)"):
-        blank = _lerobot_eval(cfg, policy_dir, out / "eval_blank", [*sampling, "--policy.blank_instruction=true"])
+        blank = _lerobot_eval(cfg, policy_dir, out / "eval_blank", ["--policy.blank_instruction=true"])
     with _stage(cfg, "evaluate random baseline"):
         seeds = range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes)
         random_pc = random_policy_success(cfg.env, seeds, cfg.image_size, cfg.layout, cfg.eval_episode_length)
@@ -165,6 +161,7 @@ def run(cfg: MainJobConfig) -> dict:
         "config": {k: v for k, v in asdict(cfg).items() if k != "timings"},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    _record_success_in_model_card(cfg, policy_dir, summary)
     print("\n" + "=" * 60)
     print(f"success over {cfg.eval_episodes} held-out episodes (seeds {seeds.start}..{seeds.stop - 1}):")
     for k, v in summary["success_pct"].items():
@@ -174,17 +171,20 @@ def run(cfg: MainJobConfig) -> dict:
     return summary
 
 
-def _store_sampling(cfg: MainJobConfig, policy_dir: Path) -> None:
-    """Save the sampling settings the job evaluates with into the exported config, so that a later
-    `lerobot-eval --policy.path=...` without flags runs the policy as measured."""
+def _record_success_in_model_card(cfg: MainJobConfig, policy_dir: Path, summary: dict) -> None:
     from lerobot.configs.policies import PreTrainedConfig
 
     import lerobot_policy_dreamzero  # noqa: F401
+    from dreamzero_policy.training.hub import write_model_card
 
-    pcfg = PreTrainedConfig.from_pretrained(policy_dir)
-    pcfg.num_inference_steps, pcfg.cfg_scale, pcfg.n_action_steps = cfg.inference_steps, 1.0, cfg.n_action_steps
-    pcfg.max_chunks_before_reset = cfg.num_chunks
-    pcfg._save_pretrained(policy_dir)
+    meta = json.loads((policy_dir / "train_meta.json").read_text())
+    seeds = summary["eval_seeds"]
+    write_model_card(
+        policy_dir, PreTrainedConfig.from_pretrained(policy_dir), dataset_repo_id=f"local/dz_{cfg.env}",
+        steps=meta["step"], success={f"dz_{cfg.env} ({k.replace('_', ' ')})": v for k, v in summary["success_pct"].items()},
+        eval_note=f"{cfg.eval_episodes} held-out episodes (seeds {seeds[0]}..{seeds[1]}), layout `{cfg.layout}`, "
+                  "measured by `python -m eval.main_job`.",
+    )
 
 
 def _imagination(cfg: MainJobConfig, policy_dir: Path, path: Path) -> Path:
@@ -195,9 +195,7 @@ def _imagination(cfg: MainJobConfig, policy_dir: Path, path: Path) -> Path:
     from dreamzero_policy.modeling_dreamzero import DreamZeroJaxPolicy
     from eval.imagination import imagine_episode
 
-    pcfg = PreTrainedConfig.from_pretrained(policy_dir)
-    pcfg.num_inference_steps, pcfg.cfg_scale, pcfg.n_action_steps = cfg.inference_steps, 1.0, cfg.n_action_steps
-    pcfg.max_chunks_before_reset = cfg.num_chunks
+    pcfg = PreTrainedConfig.from_pretrained(policy_dir)  # the sampling settings it was evaluated with
     policy = DreamZeroJaxPolicy.from_pretrained(policy_dir, config=pcfg)
     pre, post = make_pre_post_processors(pcfg, pretrained_path=str(policy_dir))
     return imagine_episode(policy, cfg.env, cfg.eval_seed, path, pre=pre, post=post, image_size=cfg.image_size,

@@ -3,22 +3,24 @@
 Runs ``--steps`` control steps at ``--hz`` with background re-plans and episode resets; reports resident
 memory at start (after warm-up) and end, XLA compilations after warm-up (must be 0) and period jitter.
 
-    .venv/bin/python -m eval.soak --steps 2000 --hz 10
+    uv run --frozen python -m eval.soak --steps=2000 --hz=10
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
+import draccus
 import jax
 import numpy as np
 import psutil
 import torch
 from lerobot.configs.types import FeatureType, PolicyFeature
 
-import envs
+import dreamzero_envs as envs
 from dreamzero_policy.configuration_dreamzero import DreamZeroJaxConfig
 from dreamzero_policy.modeling_dreamzero import DreamZeroJaxPolicy
 from dreamzero_policy.serving.async_exec import ChunkExecutor
@@ -65,17 +67,20 @@ class SimDriver:
         self.done = bool(term or trunc)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--hz", type=float, default=10.0)
-    ap.add_argument("--warmup", type=int, default=40)
-    ap.add_argument("--image-size", type=int, default=32)
-    ap.add_argument("--execute-k", type=int, default=0)
-    ap.add_argument("--threshold", type=int, default=2)
-    ap.add_argument("--deadline-ms", type=float, default=0.0, help="0: wait for late plans")
-    ap.add_argument("--episode-steps", type=int, default=60)
-    a = ap.parse_args(argv)
+@dataclass
+class SoakConfig:
+    steps: int = 2000  # measured control steps (after warm-up)
+    hz: float = 10.0  # control rate
+    warmup: int = 40  # control steps before measuring (compiles, a context block, one reset)
+    image_size: int = 32  # sim camera size (pixels, square)
+    execute_k: int = 0  # actions used from each chunk (0: all)
+    threshold: int = 2  # start the next plan when this many queued actions or fewer remain
+    deadline_ms: float = 0.0  # plan deadline; 0: wait for late plans
+    episode_steps: int = 60  # control steps before an episode is reset
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    a = draccus.parse(SoakConfig, args=argv)
 
     counter = CompileCounter()
     s = a.image_size

@@ -2,7 +2,7 @@
 ``--policy.type=dreamzero_jax``, the ``--env.type=dz_reach`` / ``dz_reach_arm`` simulators, the
 ``--robot.type=dz_sim`` simulated robot, and ``dreamzero_jax`` as an async-inference policy type."""
 
-import envs.lerobot_config  # noqa: F401
+import dreamzero_envs.lerobot_config  # noqa: F401
 from dreamzero_policy.configuration_dreamzero import DreamZeroJaxConfig  # noqa: F401
 from dreamzero_policy.modeling_dreamzero import DreamZeroJaxPolicy  # noqa: F401
 from dreamzero_policy.processor_dreamzero import make_dreamzero_jax_pre_post_processors  # noqa: F401

@@ -83,7 +83,7 @@ def _batch(model, seed=0, **kw):
     na = 2 * c.actions_per_block
     base = dict(latents=arr(B, F, H, W, c.out_dim), text=arr(B, 6, c.text_dim),
                 actions=jnp.clip(arr(B, na, c.action_dim), -1, 1), action_mask=jnp.ones((B, na, c.action_dim)),
-                state=arr(B, 2, c.state_dim), embodiment=jnp.array([0, 1]), has_real_action=jnp.ones((B,)),
+                state=arr(B, 2, c.state_dim), embodiment=jnp.array([0, 1]),
                 clip=arr(B, 3, c.image_dim), y=arr(B, F, H, W, c.in_dim - c.out_dim))
     base.update(kw)
     return TrainBatch(**base)
@@ -95,7 +95,9 @@ def test_loss_masks(model):
     full = teacher_forcing_loss(model, _batch(model), key, sched)
     assert float(full.action_loss) > 0 and float(full.video_loss) > 0
     np.testing.assert_allclose(full.loss, full.video_loss + full.action_loss, rtol=1e-6)
-    none = teacher_forcing_loss(model, _batch(model, has_real_action=jnp.zeros((B,))), key, sched)
+    # a sample with no action labels (all-zero mask) trains the video loss only
+    none = teacher_forcing_loss(model, _batch(model, action_mask=jnp.zeros((B, 2 * model.cfg.actions_per_block,
+                                                                            model.cfg.action_dim))), key, sched)
     assert float(none.action_loss) == 0.0
     np.testing.assert_allclose(none.video_loss, full.video_loss, rtol=1e-6)
 

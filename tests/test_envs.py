@@ -20,9 +20,9 @@ from lerobot.processor import (
 )
 from lerobot.scripts.lerobot_eval import rollout
 
-import envs
-import envs.lerobot_config as lerobot_config
-from envs.experts import ScriptedExpert
+import dreamzero_envs as envs
+import dreamzero_envs.lerobot_config as lerobot_config
+from dreamzero_envs.experts import ScriptedExpert
 
 EMBODIMENTS = {"reach": (2, 2), "reach_arm": (3, 3)}  # name -> (state_dim, action_dim)
 
@@ -95,7 +95,7 @@ def test_instruction_decides_the_goal(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(EMBODIMENTS))
 def test_layouts(name: str) -> None:
-    from envs.reach_base import SLOT_JITTER
+    from dreamzero_envs.reach_base import SLOT_JITTER
 
     def scenes(layout: str) -> list[np.ndarray]:
         env = envs.make(name, layout=layout)

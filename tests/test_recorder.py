@@ -1,4 +1,4 @@
-"""envs.record: expert demos -> local LeRobotDataset v3 (image frames) -> reloaded offline, round-tripped."""
+"""dreamzero_envs.record: expert demos -> local LeRobotDataset v3 (image frames) -> reloaded offline, round-tripped."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-import envs
-from envs.experts import ScriptedExpert
-from envs.record import main, record
+import dreamzero_envs as envs
+from dreamzero_envs.experts import ScriptedExpert
+from dreamzero_envs.record import main, record
 
 
 def replay(name: str, seeds: list[int], image_size: int, cameras: str, noise_std: float) -> list[dict]:
@@ -38,8 +38,8 @@ def replay(name: str, seeds: list[int], image_size: int, cameras: str, noise_std
 
 def test_cli_records_and_dataset_reloads_offline(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     root = tmp_path / "dz_reach"
-    main(["--env", "reach", "--episodes", "3", "--root", str(root), "--seed", "11", "--image-size", "32",
-          "--cameras", "top,wrist", "--max-episode-steps", "40"])  # fmt: skip
+    main(["--env=reach", "--episodes=3", f"--root={root}", "--seed=11", "--image_size=32",
+          "--cameras=top,wrist", "--max_episode_steps=40"])  # fmt: skip
     assert "wrote 3 episodes" in capsys.readouterr().out
 
     ds = LeRobotDataset("local/dz_reach", root=root)

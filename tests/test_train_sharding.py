@@ -17,7 +17,9 @@ BODY = textwrap.dedent(
     from flax import nnx
     from dreamzero_policy.models.presets import get_preset
     from dreamzero_policy.models.world_model import DreamZeroModel
-    from dreamzero_policy.training.config import TrainConfig, LoraConfig
+    from lerobot.configs.default import DatasetConfig
+
+    from dreamzero_policy.training.config import LoraConfig, TrainConfig
     from dreamzero_policy.training.loss import TrainBatch
     from dreamzero_policy.training.sharding import make_mesh, global_batch
     from dreamzero_policy.training.trainer import DiTTrainer, flatten
@@ -34,7 +36,6 @@ BODY = textwrap.dedent(
         action_mask=np.ones((b, 2 * d.actions_per_block, d.action_dim), np.float32),
         state=rng.uniform(-1, 1, (b, 2, d.state_dim)).astype(np.float32),
         embodiment=np.array([0, 1, 0, 1], np.int32),
-        has_real_action=np.ones((b,), np.float32),
         clip=rng.normal(size=(b, 5, d.image_dim)).astype(np.float32),
         y=rng.normal(size=(b, f, h, w, mc.cond_channels)).astype(np.float32),
     )
@@ -42,7 +43,7 @@ BODY = textwrap.dedent(
     for name, shape, devs, lora in [("one", (1, 1, 1), jax.devices()[:1], 2), ("eight", (2, 2, 2), jax.devices(), 2)]:
         mesh = make_mesh(*shape, devices=devs)
         model = DreamZeroModel(mc, rngs=nnx.Rngs(0))
-        cfg = TrainConfig(steps=10, seed=0, lora=LoraConfig(rank=lora))
+        cfg = TrainConfig(DatasetConfig(repo_id="local/none"), steps=10, seed=0, lora=LoraConfig(rank=lora))
         cfg.optim.lr = 1e-3
         cfg.optim.warmup_ratio = 0.0
         tr = DiTTrainer(model, cfg, mesh)

@@ -1,9 +1,17 @@
-"""``dreamzero-params``: parameter counts of every preset from abstract shapes (nothing allocated)."""
+"""``dreamzero-params``: parameter counts of every preset from abstract shapes (nothing allocated).
+
+    dreamzero-params
+    dreamzero-params --presets='[tiny,small]'
+
+Without ``--presets`` every preset is counted.
+"""
 
 from __future__ import annotations
 
-import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
+import draccus
 import jax
 import numpy as np
 from flax import nnx
@@ -30,10 +38,13 @@ def preset_param_counts(name: str) -> dict[str, int]:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("presets", nargs="*", default=list(PRESETS), help=f"any of {list(PRESETS)}")
-    args = p.parse_args(argv)
+@dataclass
+class ParamCountConfig:
+    presets: list[str] = field(default_factory=lambda: list(PRESETS))  # to count: --presets='[tiny,small]'
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = draccus.parse(ParamCountConfig, args=argv)
     print(f"{'preset':<11} {'DiT':>16} {'VAE':>13} {'umT5':>15} {'CLIP':>13}")
     for name in args.presets:
         c = preset_param_counts(name)

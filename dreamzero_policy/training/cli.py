@@ -1,63 +1,115 @@
-"""``dreamzero-train``: train, resume, precompute encoder outputs, or export a checkpoint.
+"""``dreamzero-train``: train, resume, fine-tune, precompute encoder outputs, or export a checkpoint.
 
-    dreamzero-train --config_path configs/train_tiny_reach.yaml --dataset_root data/dz_reach
-    dreamzero-train --config_path configs/train_tiny_reach.yaml --precompute_only true --precomputed out/pre
-    dreamzero-train --export_from outputs/train --export_to outputs/train/pretrained
+    dreamzero-train --dataset.repo_id=local/dz_reach --dataset.root=data/dz_reach --policy.preset=small \\
+        --output_dir=outputs/train --steps=1000 --batch_size=16
+    dreamzero-train --config_path=configs/train_tiny_reach.yaml --dataset.root=data/dz_reach
+    dreamzero-train --policy.path=outputs/train/pretrained_model --policy.num_embodiments=3 ...  (fine-tune)
+    dreamzero-train ... --precompute.dir=out/pre --precompute.only=true
+    dreamzero-train --export_from=outputs/train --export_to=outputs/train/pretrained_model
 
-Multi-host: run the same command on every host with ``--distributed true`` (``jax.distributed.initialize``
-reads the coordinator from the cluster environment: SLURM, TPU pods, or JAX_COORDINATOR_ADDRESS /
-JAX_NUM_PROCESSES / JAX_PROCESS_ID) and a mesh whose data*fsdp*tensor equals the global device count.
+A finished run exports its policy to ``<output_dir>/pretrained_model`` (what ``lerobot-eval
+--policy.path`` loads and ``--policy.repo_id`` pushes). Multi-host: the same command on every host with
+``--mesh.distributed=true`` (``jax.distributed.initialize`` reads the coordinator from the cluster
+environment) and a mesh whose data*fsdp*tensor equals the global device count.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import draccus
 
 from dreamzero_policy.training.config import TrainConfig
 
 
+@dataclass
+class ExportConfig:
+    export_from: str  # a run's output_dir (holds checkpoints/)
+    export_to: str | None = None  # default: <export_from>/pretrained_model
+    step: int | None = None  # default: the newest checkpoint
+
+
+def parse_train_config(argv: Sequence[str]) -> TrainConfig:
+    """draccus over TrainConfig; ``--policy.path=DIR`` loads that saved policy config, with any other
+    ``--policy.*`` flags applied on top (as ``lerobot-train`` does)."""
+    from lerobot.configs import parser
+
+    argv = list(argv)
+    path = parser.get_path_arg("policy", argv)
+    if not path:
+        return draccus.parse(TrainConfig, args=argv)
+    from dreamzero_policy.training.export import load_pretrained_config
+
+    # A recipe's `policy:` section applies on top of the saved config too, before the command line's.
+    recipe = parser.parse_arg("config_path", argv)
+    overrides = _flags(_yaml_section(recipe, "policy")) if recipe else []
+    policy = load_pretrained_config(path, overrides + parser.get_cli_overrides("policy", argv))
+    policy.pretrained_path = Path(path)
+    cfg = draccus.parse(TrainConfig, args=parser.filter_path_args("policy", argv))
+    cfg.policy = policy
+    return cfg
+
+
+def _yaml_section(path: str, key: str) -> dict:
+    import yaml
+
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    return data.get(key) or {}
+
+
+def _flags(d: dict, prefix: str = "") -> list[str]:
+    """{"a": {"b": 1}, "c": [x, y]} -> ["--a.b=1", '--c=["x", "y"]'] (over a saved JSON config, draccus
+    reads list values as JSON)."""
+    out = []
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out += _flags(v, f"{name}.")
+        elif isinstance(v, list):
+            out.append(f"--{name}={json.dumps(v)}")
+        elif isinstance(v, bool):
+            out.append(f"--{name}={str(v).lower()}")
+        elif v is not None:
+            out.append(f"--{name}={v}")
+    return out
+
+
+def _fail(e: BaseException) -> SystemExit:
+    return SystemExit(f"dreamzero-train: {e}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--export_from" in argv:
+    if any(a == "--export_from" or a.startswith("--export_from=") for a in argv):
         from dreamzero_policy.training.export import export_pretrained
 
-        src = argv[argv.index("--export_from") + 1]
-        dst = argv[argv.index("--export_to") + 1] if "--export_to" in argv else f"{src}/pretrained"
-        print(f"exported to {export_pretrained(src, dst)}")
+        ex = draccus.parse(ExportConfig, args=argv)
+        try:
+            dst = export_pretrained(ex.export_from, ex.export_to or f"{ex.export_from}/pretrained_model", ex.step)
+        except (ValueError, FileNotFoundError) as e:
+            raise _fail(e) from None
+        print(f"exported to {dst}")
         return
-    cfg = draccus.parse(TrainConfig, args=argv)
-    if cfg.precompute_only:
-        from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    try:
+        cfg = parse_train_config(argv)
+    except draccus.utils.ParsingError as e:  # a config's own check failed while draccus built it
+        raise _fail(e.__cause__ or e) from None
+    except (ValueError, FileNotFoundError) as e:
+        raise _fail(e) from None
+    from dreamzero_policy.training.run import precompute_only, preflight, train
 
-        from dreamzero_policy.models.world_model import make_tokenizer
-        from dreamzero_policy.training.data import WindowDataset
-        from dreamzero_policy.training.export import build_model
-        from dreamzero_policy.training.precompute import precompute
-
-        if not cfg.precomputed:
-            raise ValueError("--precompute_only needs --precomputed <output directory>")
-        model = build_model(cfg)
-        ds = WindowDataset(
-            LeRobotDataset(cfg.repo_id, root=cfg.dataset_root),
-            cfg.policy_config(),
-            model.cfg,
-            make_tokenizer(model.cfg),
-            num_chunks=cfg.num_chunks,
-            seed=cfg.seed,
-            train=False,
-            crop=cfg.crop,
-        )
-        if cfg.latent_stats_frames > 0 and cfg.latents_mean is None:
-            from dreamzero_policy.training.latent_stats import apply_latent_stats, estimate_latent_stats
-
-            apply_latent_stats(model, cfg, *estimate_latent_stats(model, ds, cfg.latent_stats_frames))
-        print(f"wrote {precompute(ds, model, cfg.precomputed, cfg.batch_size)}")
+    try:
+        preflight(cfg)  # everything that can be checked before building a model
+    except (ValueError, OSError) as e:
+        raise _fail(e) from None
+    if cfg.precompute.only:
+        print(f"wrote {precompute_only(cfg)}")
         return
-    from dreamzero_policy.training.run import train
-
     recs = train(cfg)
     if recs:
         print(f"done: step {recs[-1]['step']} loss {recs[-1]['loss']:.5f} -> {cfg.output_dir}")

@@ -1,10 +1,37 @@
-"""``dreamzero-train`` configuration (draccus dataclasses); named recipes live in ``configs/*.yaml``."""
+"""``dreamzero-train`` configuration, in ``lerobot-train``'s shape.
+
+    dreamzero-train --dataset.repo_id=local/dz_reach --dataset.root=data/dz_reach \\
+        --policy.preset=small --output_dir=outputs/train --steps=1000 --batch_size=16
+
+``--dataset.*`` is LeRobot's own ``DatasetConfig``; ``--policy.*`` is ``DreamZeroJaxConfig`` itself, the one
+owner of every policy field (``--policy.path=DIR`` starts from a saved policy, its fields overridable by
+``--policy.*``); the run fields mirror ``lerobot-train`` (``--output_dir``, ``--steps``, ``--batch_size``,
+``--save_freq``, ``--log_freq``, ``--resume``, ``--seed``, ``--wandb.*``). What only this JAX trainer has
+stays in its own groups: ``--windows.*`` (how training windows are cut and augmented), ``--optim.*``
+(optax), ``--lora.*``, ``--mesh.*`` and ``--precompute.*``. Named recipes live in ``configs/*.yaml``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import dataclasses
+from dataclasses import dataclass, field
+
+import draccus
+from lerobot.configs.default import DatasetConfig, WandBConfig
 
 from dreamzero_policy.configuration_dreamzero import DreamZeroJaxConfig
+
+
+@dataclass
+class WindowConfig:
+    num_chunks: int = 2  # chunks per training window (the reference samples up to 4)
+    augment: bool = True  # random crop + colour jitter (eval transform: centre crop)
+    crop: float = 0.95
+    jitter: float = 0.1
+    overfit: bool = False  # one fixed batch and fixed noise every step (sanity check that the model fits)
+    # Estimate the VAE latent statistics from this many training clips (for randomly initialised VAEs);
+    # they are written into --policy.latents_mean / latents_std of the run and its export.
+    latent_stats_frames: int = 0
 
 
 @dataclass
@@ -23,6 +50,7 @@ class MeshConfig:
     data: int = 1
     fsdp: int = 1
     tensor: int = 1
+    distributed: bool = False  # jax.distributed.initialize() (multi-host)
 
 
 @dataclass
@@ -33,80 +61,67 @@ class LoraConfig:
 
 
 @dataclass
+class PrecomputeConfig:
+    dir: str | None = None  # train from (or, with only=true, write) precomputed frozen-encoder outputs
+    only: bool = False  # write them to `dir` and exit
+
+
+# LeRobot DatasetConfig fields this trainer reads; the others must keep their defaults (checked).
+DATASET_FIELDS_READ = ("repo_id", "root", "episodes", "revision", "video_backend")
+
+
+@dataclass
 class TrainConfig:
-    dataset_root: str = ""  # local LeRobotDataset v3 root
-    repo_id: str = "local/dataset"
+    dataset: DatasetConfig
+    policy: DreamZeroJaxConfig = field(default_factory=DreamZeroJaxConfig)
     output_dir: str = "outputs/train"
-    init_from: str | None = None  # a policy pretrained directory (config.json + model.safetensors)
-    precomputed: str | None = None  # directory written by `dreamzero-train --precompute_only`
-    # policy / model
-    preset: str = "tiny"
-    embodiment_id: int = 0
-    num_embodiments: int | None = None  # grow the category-specific layers when fine-tuning
-    copy_embodiment_from: int = 0  # new embodiment slots start as copies of this one
-    action_dim: int | None = None  # padded widths of the DiT; None = the preset's
-    state_dim: int | None = None
-    # VAE latent normalisation (see training/latent_stats.py): explicit values, or estimated from this many
-    # training clips when > 0 (for randomly initialised VAEs); both unset = the preset's.
-    latents_mean: list[float] | None = None
-    latents_std: list[float] | None = None
-    latent_stats_frames: int = 0
-    relative_action_dims: list[int] = field(default_factory=list)
-    cameras: list[str] | None = None
-    view_height: int = 32
-    view_width: int = 32
-    tiling: str = "row"
-    # execution
-    compute_dtype: str = "float32"  # "bfloat16": bf16 compute over fp32 master weights
-    remat: bool = False
-    distributed: bool = False  # jax.distributed.initialize() (multi-host)
-    mesh: MeshConfig = field(default_factory=MeshConfig)
-    # schedule / data
-    steps: int = 100  # length of the LR schedule
-    stop_at_step: int | None = None  # stop early (e.g. time-sliced jobs); resume continues the schedule
-    batch_size: int = 4  # global
-    num_chunks: int = 2
-    num_workers: int = 0
-    augment: bool = True
-    crop: float = 0.95
-    jitter: float = 0.1
-    overfit: bool = False  # one fixed batch and fixed noise every step (sanity check that the model fits)
+    resume: bool = False  # continue from the newest checkpoint in output_dir (false: refuse a used output_dir)
     seed: int = 0
+    steps: int = 100  # length of the LR schedule
+    batch_size: int = 4  # global
+    num_workers: int = 0
+    log_freq: int = 1
+    save_freq: int = 100
+    wandb: WandBConfig = field(default_factory=WandBConfig)
+    # trainer-only
+    stop_at_step: int | None = None  # stop early (time-sliced jobs); --resume=true continues the schedule
+    keep_last: int = 3  # checkpoints kept
+    progress: bool = True
+    remat: bool = False  # rematerialise DiT blocks in the backward pass
+    copy_embodiment_from: int = 0  # with --policy.path and a larger --policy.num_embodiments: new slots copy this one
+    windows: WindowConfig = field(default_factory=WindowConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
-    # checkpoints / logs
-    save_every: int = 100
-    keep_last: int = 3
-    resume: bool = True  # continue from the newest checkpoint in output_dir if there is one
-    log_every: int = 1
-    progress: bool = True
-    precompute_only: bool = False  # write the precomputed encoder outputs to `precomputed` and exit
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    precompute: PrecomputeConfig = field(default_factory=PrecomputeConfig)
 
-    def policy_config(self) -> DreamZeroJaxConfig:
-        return DreamZeroJaxConfig(
-            preset=self.preset,
-            embodiment_id=self.embodiment_id,
-            num_embodiments=self.num_embodiments,
-            action_dim=self.action_dim,
-            state_dim=self.state_dim,
-            latents_mean=self.latents_mean,
-            latents_std=self.latents_std,
-            relative_action_dims=list(self.relative_action_dims),
-            cameras=self.cameras,
-            view_height=self.view_height,
-            view_width=self.view_width,
-            tiling=self.tiling,
-            dtype="float32",
-            device="cpu",
-        )
+    def __post_init__(self) -> None:
+        unsupported = {
+            f.name: getattr(self.dataset, f.name)
+            for f in dataclasses.fields(DatasetConfig)
+            if f.name not in DATASET_FIELDS_READ + ("image_transforms", "use_imagenet_stats", "depth_output_unit")
+            and getattr(self.dataset, f.name) != _dataset_default(f)
+        }
+        if self.dataset.image_transforms.enable:
+            unsupported["image_transforms.enable"] = True
+        if unsupported:
+            raise ValueError(
+                f"dreamzero-train does not support --dataset.{', --dataset.'.join(unsupported)} (it reads "
+                f"{', '.join(DATASET_FIELDS_READ)}; augmentation is --windows.*)"
+            )
+        for name in ("steps", "batch_size", "save_freq", "log_freq"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return draccus.encode(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        d = dict(d)
-        d["mesh"] = MeshConfig(**d.get("mesh", {}))
-        d["optim"] = OptimConfig(**d.get("optim", {}))
-        d["lora"] = LoraConfig(**d.get("lora", {}))
-        return cls(**d)
+        return draccus.decode(cls, d)
+
+
+def _dataset_default(f: dataclasses.Field) -> object:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None

@@ -230,7 +230,6 @@ class WindowDataset(torch.utils.data.Dataset):
             "text_ids": np.asarray(ids, np.int32).reshape(-1),
             "text_mask": np.asarray(tmask, np.int32).reshape(-1),
             "embodiment": np.int32(self.policy.embodiment_id),
-            "has_real_action": np.float32(1.0),
         }
 
     def __getitem__(self, position: int) -> dict[str, np.ndarray]:

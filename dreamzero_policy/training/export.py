@@ -3,10 +3,10 @@ export of any checkpoint to the policy's pretrained directory.
 
 Fine-tuning onto a new embodiment (documented recipe)::
 
-    dreamzero-train --config_path configs/finetune_new_embodiment.yaml \\
-        --init_from outputs/pretrained --dataset_root data/dz_reach_arm --repo_id local/dz_reach_arm \\
-        --num_embodiments 3 --embodiment_id 2 --output_dir outputs/ft_arm
-    dreamzero-train --export_from outputs/ft_arm --export_to outputs/ft_arm/pretrained
+    dreamzero-train --config_path=configs/finetune_new_embodiment.yaml \\
+        --policy.path=outputs/tiny_reach/pretrained_model --dataset.root=data/dz_reach_arm \\
+        --dataset.repo_id=local/dz_reach_arm --policy.num_embodiments=3 --policy.embodiment_id=2
+    (the run exports to <output_dir>/pretrained_model when it finishes)
 
 The dataset's action/state dims may differ from the pretraining data's: both are zero-padded to the
 model's ``action_dim`` / ``state_dim`` with a loss mask. The new embodiment's category-specific
@@ -25,11 +25,10 @@ import orbax.checkpoint as ocp
 import torch
 from flax import nnx
 from lerobot.configs.policies import PreTrainedConfig
-from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
-from lerobot.utils.feature_utils import dataset_to_policy_features
 
 from dreamzero_policy.configuration_dreamzero import DreamZeroJaxConfig
 from dreamzero_policy.convert.state_io import flat_params, load_flat
+from dreamzero_policy.inference.device import device_name_of_backend
 from dreamzero_policy.models.world_model import DreamZeroModel
 from dreamzero_policy.training.config import TrainConfig
 from dreamzero_policy.weights_io import WEIGHTS_NAME, read_weights, save_weights
@@ -52,51 +51,54 @@ def grow_embodiments(
     return out
 
 
-def load_pretrained_config(path: str | Path) -> DreamZeroJaxConfig:
-    cfg = PreTrainedConfig.from_pretrained(str(path))
+def load_pretrained_config(path: str | Path, cli_overrides: list[str] | None = None) -> DreamZeroJaxConfig:
+    if not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(f"--policy.path={path}: no config.json there (a directory written by save_pretrained)")
+    cfg = PreTrainedConfig.from_pretrained(str(path), cli_overrides=cli_overrides or [])
     if not isinstance(cfg, DreamZeroJaxConfig):
         raise ValueError(f"{path} holds a {type(cfg).__name__}, not a dreamzero_jax policy")
     return cfg
 
 
 def build_model(cfg: TrainConfig) -> DreamZeroModel:
-    """The model to train: a pretrained directory's (embodiments grown if asked) or a seeded random init."""
-    if not cfg.init_from:
-        return DreamZeroModel(cfg.policy_config().model_config(), rngs=nnx.Rngs(cfg.seed))
-    src = load_pretrained_config(cfg.init_from)
-    if src.preset != cfg.preset:
-        raise ValueError(
-            f"init_from {cfg.init_from} is preset {src.preset!r} but the run asks for {cfg.preset!r}"
-        )
+    """The model to train: the saved policy of ``--policy.path`` (its embodiments grown to
+    ``--policy.num_embodiments``) or a seeded random init of ``--policy.preset``."""
+    policy = cfg.policy
+    if not policy.pretrained_path:
+        return DreamZeroModel(policy.model_config(), rngs=nnx.Rngs(cfg.seed))
+    path = Path(policy.pretrained_path)
+    saved = load_pretrained_config(path).model_config()
+    mc = policy.model_config()
+    if saved.name != mc.name:
+        raise ValueError(f"--policy.path {path} is preset {saved.name!r}; the run asks for {mc.name!r}")
     for name in ("action_dim", "state_dim"):
-        want, have = getattr(cfg, name), getattr(src.model_config().dit, name)
-        if want is not None and want != have:
-            raise ValueError(f"init_from {cfg.init_from} has {name}={have}; the run asks for {want}")
-    old = src.model_config().dit.num_embodiments
-    new = cfg.num_embodiments or old
-    mc = src.model_config()
-    model = DreamZeroModel(replace(mc, dit=replace(mc.dit, num_embodiments=new)), rngs=nnx.Rngs(cfg.seed))
-    flat = grow_embodiments(
-        read_weights(Path(cfg.init_from) / WEIGHTS_NAME), old, new, cfg.copy_embodiment_from
-    )
+        if getattr(saved.dit, name) != getattr(mc.dit, name):
+            raise ValueError(f"--policy.path {path} has {name}={getattr(saved.dit, name)}; the run asks for "
+                             f"{getattr(mc.dit, name)} (the padded widths of a trained model are fixed)")
+    model = DreamZeroModel(mc, rngs=nnx.Rngs(cfg.seed))
+    flat = grow_embodiments(read_weights(path / WEIGHTS_NAME), saved.dit.num_embodiments, mc.dit.num_embodiments,
+                            cfg.copy_embodiment_from)
     load_flat(model, flat)
     return model
 
 
 def export_pretrained(output_dir: str | Path, export_to: str | Path, step: int | None = None) -> Path:
     """Checkpoint (latest, or ``step``) of a run in ``output_dir`` -> config.json + model.safetensors +
-    processor files with the run's normalisation statistics."""
+    processor files with the run's normalisation statistics + a model card: what ``lerobot-eval
+    --policy.path`` loads and what a push uploads."""
     from dreamzero_policy.processor_dreamzero import make_dreamzero_jax_pre_post_processors
-    from dreamzero_policy.training.run import checkpoint_manager, restore, stats_from_json
+    from dreamzero_policy.training.hub import write_model_card
+    from dreamzero_policy.training.run import CKPT_DIR, checkpoint_manager, restore, stats_from_json
     from dreamzero_policy.training.sharding import make_mesh
     from dreamzero_policy.training.trainer import DiTTrainer
 
-    mgr = checkpoint_manager(output_dir, TrainConfig())
+    if not (Path(output_dir) / CKPT_DIR).is_dir():  # checked first: the manager would create the directory
+        raise FileNotFoundError(f"no training run at {output_dir} (no {CKPT_DIR}/ directory)")
+    mgr = checkpoint_manager(output_dir, keep_last=None)
     if mgr.latest_step() is None:
         raise ValueError(f"no checkpoint under {output_dir}")
-    meta = mgr.restore(step or mgr.latest_step(), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
-        "meta"
-    ]
+    step = step or mgr.latest_step()
+    meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     cfg = TrainConfig.from_dict(meta["train_config"])
     model = build_model(cfg)
     trainer = DiTTrainer(model, cfg, make_mesh(devices=jax.devices()[:1]))
@@ -110,21 +112,13 @@ def export_pretrained(output_dir: str | Path, export_to: str | Path, step: int |
             **{f"dit/{k}": v for k, v in dit_flat.items()},
         },
     )
-    model.dit.cfg = replace(model.dit.cfg, dtype="float32", remat=False)
+    model.dit.cfg = replace(model.dit.cfg, remat=False)
 
     export_to = Path(export_to)
     export_to.mkdir(parents=True, exist_ok=True)
-    policy = cfg.policy_config()
-    if cfg.num_embodiments is None:
-        policy = replace(policy, num_embodiments=model.cfg.dit.num_embodiments)
-    # Widths come from the weights (a fine-tune inherits its source's padded dims).
-    policy = replace(policy, action_dim=model.cfg.dit.action_dim, state_dim=model.cfg.dit.state_dim)
-    if cfg.dataset_root:
-        feats = dataset_to_policy_features(
-            LeRobotDatasetMetadata(cfg.repo_id, root=cfg.dataset_root).features
-        )
-        policy.input_features = {k: v for k, v in feats.items() if k.startswith("observation.")}
-        policy.output_features = {k: v for k, v in feats.items() if k == "action"}
+    # Widths and embodiments come from the weights (a fine-tune inherits its source's padded dims).
+    policy = replace(cfg.policy, num_embodiments=model.cfg.dit.num_embodiments, action_dim=model.cfg.dit.action_dim,
+                     state_dim=model.cfg.dit.state_dim, device=device_name_of_backend(), pretrained_path=None)
     policy._save_pretrained(export_to)
     save_weights(model, export_to / WEIGHTS_NAME)
     stats = {
@@ -133,7 +127,6 @@ def export_pretrained(output_dir: str | Path, export_to: str | Path, step: int |
     pre, post = make_dreamzero_jax_pre_post_processors(policy, stats)
     pre.save_pretrained(export_to)
     post.save_pretrained(export_to)
-    (export_to / "train_meta.json").write_text(
-        json.dumps({"source": str(output_dir), "step": step or "latest"})
-    )
+    (export_to / "train_meta.json").write_text(json.dumps({"source": str(output_dir), "step": step}))
+    write_model_card(export_to, policy, dataset_repo_id=cfg.dataset.repo_id, steps=step)
     return export_to

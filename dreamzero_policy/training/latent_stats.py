@@ -3,7 +3,7 @@
 Wan VAEs ship ``latents_mean`` / ``latents_std`` measured on video so that the DiT sees unit-scale latents.
 A randomly initialised VAE (the tiny / small presets) has none: its raw latents are dominated by a
 constant (on the reach demos the content varies by under 1% of the latent energy), which leaves the DiT
-an almost constant input. ``dreamzero-train --latent_stats_frames N`` measures them on N training clips
+an almost constant input. ``dreamzero-train --windows.latent_stats_frames=N`` measures them on N training clips
 instead; they then travel in the policy config (``latents_mean`` / ``latents_std``).
 """
 
@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dreamzero_policy.configuration_dreamzero import DreamZeroJaxConfig
 from dreamzero_policy.models.world_model import DreamZeroModel
-from dreamzero_policy.training.config import TrainConfig
 from dreamzero_policy.training.data import WindowDataset
 
 
@@ -46,8 +46,8 @@ def estimate_latent_stats(
     return (mean_n * std0 + mean0).tolist(), std.tolist()
 
 
-def apply_latent_stats(model: DreamZeroModel, cfg: TrainConfig, mean: list[float], std: list[float]) -> None:
-    """Use (mean, std) in the model's VAE and record them in the run's config (hence the export)."""
+def apply_latent_stats(model: DreamZeroModel, cfg: DreamZeroJaxConfig, mean: list[float], std: list[float]) -> None:
+    """Use (mean, std) in the model's VAE and record them in the run's policy config (hence the export)."""
     if cfg.latents_mean is not None and not np.allclose(cfg.latents_mean, mean, rtol=1e-5):
         raise ValueError(
             f"latents_mean {cfg.latents_mean} of the run differs from the data's {mean} "

@@ -20,7 +20,6 @@ class TrainBatch(NamedTuple):
     action_mask: jax.Array  # (B, Na, action_dim) 1 on real action dims / steps
     state: jax.Array  # (B, Ns, state_dim) padded
     embodiment: jax.Array  # (B,) int32
-    has_real_action: jax.Array  # (B,) 1.0 / 0.0
     clip: jax.Array | None = None  # (B, Li, image_dim)
     y: jax.Array | None = None  # (B, F, H, W, Cy) first-frame conditioning (14B I2V)
 
@@ -60,7 +59,6 @@ def teacher_forcing_loss(
     mse_v = jnp.mean(jnp.square(pred_v - schedule.velocity_target(x0_v, noise_v)), axis=(2, 3, 4))
     video_loss = jnp.mean(mse_v * schedule.training_weight(video_ids))
     sq_a = jnp.square(pred_a - schedule.velocity_target(x0_a, noise_a)) * batch.action_mask
-    sq_a = sq_a * batch.has_real_action[:, None, None]
     # Masked mean over the real dims of each action token: padding a 2-dim robot to action_dim=8 must not
     # shrink its action loss 4x relative to the video loss.
     per_token = jnp.sum(sq_a, axis=2) / jnp.maximum(jnp.sum(batch.action_mask, axis=2), 1.0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -10,18 +9,21 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
-from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from tqdm import tqdm
 
 from dreamzero_policy.models.world_model import DreamZeroModel, make_tokenizer
 from dreamzero_policy.training.config import TrainConfig
 from dreamzero_policy.training.data import PositionSampler, WindowDataset, make_loader
-from dreamzero_policy.training.export import build_model
-from dreamzero_policy.training.precompute import PrecomputedDataset
+from dreamzero_policy.training.dataset_source import check_local_root, open_dataset, open_metadata
+from dreamzero_policy.training.export import build_model, export_pretrained
+from dreamzero_policy.training.metrics_log import MetricsLog
+from dreamzero_policy.training.precompute import PrecomputedDataset, precompute
 from dreamzero_policy.training.sharding import global_batch, make_mesh
+from dreamzero_policy.training.tracking import Tracker
 from dreamzero_policy.training.trainer import DiTTrainer, batch_from_arrays, encode_raw
 
 CKPT_DIR, METRICS, CURVE = "checkpoints", "metrics.jsonl", "loss_curve.png"
+TRAIN_CONFIG, EXPORT_DIR = "train_config.json", "pretrained_model"
 
 
 def stats_to_json(stats: dict) -> dict:
@@ -32,9 +34,9 @@ def stats_from_json(d: dict) -> dict:
     return {k: {s: np.asarray(v, np.float32) for s, v in v2.items()} for k, v2 in d.items()}
 
 
-def checkpoint_manager(output_dir: str | Path, cfg: TrainConfig) -> ocp.CheckpointManager:
+def checkpoint_manager(output_dir: str | Path, keep_last: int | None) -> ocp.CheckpointManager:
     opts = ocp.CheckpointManagerOptions(
-        max_to_keep=cfg.keep_last, enable_async_checkpointing=True, create=True
+        max_to_keep=keep_last, enable_async_checkpointing=True, create=True
     )
     return ocp.CheckpointManager(Path(output_dir).absolute() / CKPT_DIR, options=opts)
 
@@ -48,22 +50,28 @@ def restore(mgr: ocp.CheckpointManager, state: dict, step: int | None = None) ->
     return out["state"], out["meta"]
 
 
-def make_dataset(cfg: TrainConfig, model: DreamZeroModel, stats: dict | None = None):
-    if cfg.precomputed:
-        return PrecomputedDataset(cfg.precomputed, seed=cfg.seed)
-    ds = LeRobotDataset(cfg.repo_id, root=cfg.dataset_root)
+def make_windows(cfg: TrainConfig, model: DreamZeroModel, stats: dict | None = None, train: bool = True):
+    w = cfg.windows
+    augment = w.augment and train
     return WindowDataset(
-        ds,
-        cfg.policy_config(),
+        open_dataset(cfg.dataset.repo_id, cfg.dataset.root, cfg.dataset.episodes, cfg.dataset.video_backend,
+                     cfg.dataset.revision),
+        cfg.policy,
         model.cfg,
-        make_tokenizer(model.cfg),
-        num_chunks=cfg.num_chunks,
+        make_tokenizer(model.cfg, cfg.policy.tokenizer_dir),
+        num_chunks=w.num_chunks,
         seed=cfg.seed,
-        train=cfg.augment,
-        crop=cfg.crop,
-        jitter=cfg.jitter if cfg.augment else 0.0,
+        train=augment,
+        crop=w.crop,
+        jitter=w.jitter if augment else 0.0,
         stats=stats,
     )
+
+
+def make_dataset(cfg: TrainConfig, model: DreamZeroModel, stats: dict | None = None):
+    if cfg.precompute.dir:
+        return PrecomputedDataset(cfg.precompute.dir, seed=cfg.seed)
+    return make_windows(cfg, model, stats)
 
 
 def _resolve_latent_stats(cfg: TrainConfig, model: DreamZeroModel, dataset) -> None:
@@ -73,10 +81,50 @@ def _resolve_latent_stats(cfg: TrainConfig, model: DreamZeroModel, dataset) -> N
 
     if isinstance(dataset, PrecomputedDataset):
         if dataset.latent_stats is not None:
-            apply_latent_stats(model, cfg, dataset.latent_stats["mean"], dataset.latent_stats["std"])
-    elif cfg.latent_stats_frames > 0 and cfg.latents_mean is None:
+            apply_latent_stats(model, cfg.policy, dataset.latent_stats["mean"], dataset.latent_stats["std"])
+    elif cfg.windows.latent_stats_frames > 0 and cfg.policy.latents_mean is None:
         # window(anchor, None) is the eval transform, so the training dataset serves unaugmented clips.
-        apply_latent_stats(model, cfg, *estimate_latent_stats(model, dataset, cfg.latent_stats_frames))
+        apply_latent_stats(model, cfg.policy, *estimate_latent_stats(model, dataset, cfg.windows.latent_stats_frames))
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """Every check that needs no model: the dataset exists (and no hub lookup for a named root), the
+    output directory is not someone else's run, the policy fits the dataset's features, push and
+    tracking are possible. Sets the policy's input/output features from the dataset."""
+    from lerobot.utils.feature_utils import dataset_to_policy_features
+
+    if cfg.dataset.root:
+        check_local_root(cfg.dataset.root)
+    if cfg.precompute.only and not cfg.precompute.dir:
+        raise ValueError("--precompute.only=true needs --precompute.dir=<output directory>")
+    ckpt = Path(cfg.output_dir) / CKPT_DIR
+    if not cfg.resume and not cfg.precompute.only and ckpt.is_dir() and any(ckpt.iterdir()):
+        raise ValueError(f"output_dir {cfg.output_dir} already holds a run: pass --resume=true to continue it, "
+                         "or choose another --output_dir")
+    if cfg.policy.repo_id and cfg.policy.push_to_hub:
+        from dreamzero_policy.training.hub import check_can_push
+
+        check_can_push(cfg.policy.repo_id)
+    if cfg.wandb.enable:
+        from dreamzero_policy.training.tracking import check_wandb
+
+        check_wandb()
+    feats = dataset_to_policy_features(open_metadata(cfg.dataset.repo_id, cfg.dataset.root).features)
+    cfg.policy.input_features = {k: v for k, v in feats.items() if k.startswith("observation.")}
+    cfg.policy.output_features = {k: v for k, v in feats.items() if k == "action"}
+    cfg.policy.validate_features()
+
+
+def precompute_only(cfg: TrainConfig) -> Path:
+    """Write the frozen encoders' outputs (eval transform, every anchor) to ``cfg.precompute.dir``."""
+    preflight(cfg)
+    model = build_model(cfg)
+    ds = make_windows(cfg, model, train=False)
+    if cfg.windows.latent_stats_frames > 0 and cfg.policy.latents_mean is None:
+        from dreamzero_policy.training.latent_stats import apply_latent_stats, estimate_latent_stats
+
+        apply_latent_stats(model, cfg.policy, *estimate_latent_stats(model, ds, cfg.windows.latent_stats_frames))
+    return precompute(ds, model, cfg.precompute.dir, cfg.batch_size)
 
 
 def save_loss_curve(records: list[dict], path: Path) -> None:
@@ -103,8 +151,10 @@ def save_loss_curve(records: list[dict], path: Path) -> None:
 
 
 def train(cfg: TrainConfig) -> list[dict]:
-    """Run (or resume) training; returns this call's metric records."""
-    if cfg.distributed:
+    """Run (or resume) training, then export the policy to ``<output_dir>/pretrained_model`` (and push it
+    when ``--policy.repo_id`` is set); returns this call's metric records."""
+    preflight(cfg)  # before anything is created or compiled
+    if cfg.mesh.distributed:
         jax.distributed.initialize()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,15 +162,22 @@ def train(cfg: TrainConfig) -> list[dict]:
     model = build_model(cfg)
     trainer = DiTTrainer(model, cfg, mesh)
     state = trainer.init_state()
-    mgr = checkpoint_manager(out, cfg)
+    mgr = checkpoint_manager(out, cfg.keep_last)
     stats = None
     if cfg.resume and mgr.latest_step() is not None:
         state, meta = restore(mgr, state)
         stats = stats_from_json(meta["stats"]) if meta.get("stats") else None
+    start = int(jax.device_get(state["step"]))
+    if start and jax.process_index() == 0:
+        print(f"resumed from step {start} ({out / CKPT_DIR})", flush=True)
+    log = MetricsLog(out / METRICS)
+    if jax.process_index() == 0:
+        log.truncate_after(start)  # a torn tail or steps past the restored checkpoint would be recorded twice
     dataset = make_dataset(cfg, model, stats)
     stats = dataset.stats
     _resolve_latent_stats(cfg, model, dataset)
-    start = int(jax.device_get(state["step"]))
+    if jax.process_index() == 0:
+        save_train_config(cfg, out / TRAIN_CONFIG)
     stop = min(cfg.steps, cfg.stop_at_step or cfg.steps)
     sampler = PositionSampler(
         cfg.batch_size,
@@ -128,18 +185,19 @@ def train(cfg: TrainConfig) -> list[dict]:
         jax.process_index(),
         jax.process_count(),
         num_steps=max(0, stop - start),
-        fixed=cfg.overfit,
+        fixed=cfg.windows.overfit,
     )
     loader = make_loader(dataset, sampler, cfg.num_workers)
     encode = nnx.jit(encode_raw)
     meta = {"train_config": cfg.to_dict(), "stats": stats_to_json(stats)}
     records: list[dict] = []
+    tracker = Tracker(cfg, out) if jax.process_index() == 0 else None
     bar = tqdm(total=stop, initial=start, disable=not cfg.progress or jax.process_index() != 0, desc="train")
-    with open(out / METRICS, "a") as log:
+    with log:
         t_prev = time.perf_counter()
         for step, local in zip(range(start, stop), loader, strict=False):
             arrays = global_batch(local, mesh)
-            batch = batch_from_arrays(arrays) if cfg.precomputed else encode(model, arrays)
+            batch = batch_from_arrays(arrays) if cfg.precompute.dir else encode(model, arrays)
             state, m = trainer.step(state, batch)
             m = {k: float(v) for k, v in jax.device_get(m).items()}
             now = time.perf_counter()
@@ -151,12 +209,13 @@ def train(cfg: TrainConfig) -> list[dict]:
             }
             t_prev = now
             records.append(rec)
-            if (step + 1) % cfg.log_every == 0 and jax.process_index() == 0:
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
+            if (step + 1) % cfg.log_freq == 0 and jax.process_index() == 0:
+                log.append(rec)
+                if tracker is not None:
+                    tracker.log(rec)
             bar.set_postfix(loss=f"{m['loss']:.4f}", samples_s=f"{rec['samples_per_s']:.1f}")
             bar.update(1)
-            if (step + 1) % cfg.save_every == 0 or step + 1 == stop:
+            if (step + 1) % cfg.save_freq == 0 or step + 1 == stop:
                 meta["data_position"] = (step + 1) * cfg.batch_size
                 mgr.save(
                     step + 1,
@@ -164,8 +223,32 @@ def train(cfg: TrainConfig) -> list[dict]:
                 )
     bar.close()
     mgr.wait_until_finished()
+    saved = mgr.latest_step() is not None
     mgr.close()
-    if records and jax.process_index() == 0:
-        all_recs = [json.loads(ln) for ln in open(out / METRICS) if ln.strip()]
-        save_loss_curve(all_recs, out / CURVE)
+    # Export after new steps, or when an earlier run stopped before exporting (a resumed, finished run).
+    if saved and jax.process_index() == 0 and (records or not (out / EXPORT_DIR / "config.json").is_file()):
+        save_loss_curve(log.read(), out / CURVE)
+        exported = export_pretrained(out, out / EXPORT_DIR)
+        print(f"exported the policy to {exported}", flush=True)
+        if cfg.policy.repo_id and cfg.policy.push_to_hub:
+            from dreamzero_policy.training.hub import push_policy
+
+            print(f"pushed to {push_policy(exported, cfg.policy.repo_id, cfg.policy.private)}", flush=True)
+    if tracker is not None:
+        tracker.finish()
     return records
+
+
+def save_train_config(cfg: TrainConfig, path: Path) -> None:
+    """The run's whole config (policy included), reloadable with ``load_train_config``."""
+    import draccus
+
+    with open(path, "w") as f, draccus.config_type("json"):
+        draccus.dump(cfg, f, indent=2)
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    import draccus
+
+    with open(path) as f, draccus.config_type("json"):
+        return draccus.load(TrainConfig, f)

@@ -60,7 +60,6 @@ def encode_raw(model: DreamZeroModel, raw: Mapping[str, jax.Array]) -> TrainBatc
         raw["action_mask"],
         raw["state"],
         raw["embodiment"],
-        raw["has_real_action"],
         clip,
         y,
     )
@@ -75,7 +74,7 @@ class DiTTrainer:
     ):
         self.cfg, self.mesh = cfg, mesh
         self.schedule = schedule or FlowMatchSchedule()
-        dit_cfg = replace(model.dit.cfg, dtype=cfg.compute_dtype, remat=cfg.remat)
+        dit_cfg = replace(model.dit.cfg, dtype=cfg.policy.dtype, remat=cfg.remat)
         model.dit.cfg = dit_cfg
         self.graphdef, params, self.rest = nnx.split(model.dit, nnx.Param, ...)
         flat = flatten(nnx.to_pure_dict(params))
@@ -132,8 +131,8 @@ class DiTTrainer:
         lora = flatten(trainable["lora"]) if trainable["lora"] else {}
         if lora:
             params = merge_lora(params, lora, self.lora_scale)
-        if self.cfg.compute_dtype != "float32":
-            dt = jnp.dtype(self.cfg.compute_dtype)
+        if self.cfg.policy.dtype != "float32":
+            dt = jnp.dtype(self.cfg.policy.dtype)
             params = {
                 k: (v.astype(dt) if jnp.issubdtype(v.dtype, jnp.floating) else v) for k, v in params.items()
             }
@@ -157,7 +156,7 @@ class DiTTrainer:
     def _step(self, state, frozen, batch: TrainBatch):
         bs = batch_sharding(self.mesh)
         batch = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, bs), batch)
-        key = jax.random.fold_in(state["rng"], 0 if self.cfg.overfit else state["step"])
+        key = jax.random.fold_in(state["rng"], 0 if self.cfg.windows.overfit else state["step"])
         (loss, out), grads = jax.value_and_grad(self._loss, has_aux=True)(
             state["trainable"], frozen, batch, key
         )
