@@ -91,6 +91,8 @@ class DreamZeroJaxConfig(PreTrainedConfig):
     negative_prompt: str = WAN_NEGATIVE_PROMPT
     blank_instruction: bool = False  # ablation: condition on an empty prompt instead of the task
     default_task: str | None = None  # used when an env gives no instruction (e.g. PushT: "push the T")
+    # lerobot-eval writes the imagined video (videos/<task>/pred_episode_N.mp4) beside each eval video.
+    save_predicted_video: bool = False
     seed: int = 0
 
     # cameras: which image features, in which order, tiled into one frame of tile_height x tile_width
@@ -98,6 +100,9 @@ class DreamZeroJaxConfig(PreTrainedConfig):
     view_height: int = 32
     view_width: int = 32
     tiling: str = "row"  # "row": views side by side; "droid": first view stretched on top, others below
+    # Fraction of each side kept by the centre crop applied to every view before resizing (the reference's
+    # eval transform; training crops the same size at random offsets).
+    crop: float = 0.95
 
     normalization_mapping: dict[str, NormalizationMode] = field(
         default_factory=lambda: {
@@ -123,6 +128,8 @@ class DreamZeroJaxConfig(PreTrainedConfig):
             raise ValueError(f"dit_steps must include step 0 and lie in [0, {self.num_inference_steps}): {self.dit_steps}")
         if self.tiling not in ("row", "droid"):
             raise ValueError(f"tiling must be 'row' or 'droid', got {self.tiling!r}")
+        if not 0.0 < self.crop <= 1.0:
+            raise ValueError(f"crop must be in (0, 1], got {self.crop}")
         if self.max_chunks_before_reset < 1:
             raise ValueError("max_chunks_before_reset must be >= 1")
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from dreamzero_policy.configuration_dreamzero import DreamZeroJaxConfig
 from dreamzero_policy.inference.device import jax_device_for
-from dreamzero_policy.inference.observation import tile_views
+from dreamzero_policy.inference.observation import crop_views, tile_views
 from dreamzero_policy.inference.relative_actions import RelativeActions
 from dreamzero_policy.inference.runner import RolloutRunner
 from dreamzero_policy.models.world_model import DreamZeroModel
@@ -79,7 +79,12 @@ class DreamZeroJaxPolicy(PreTrainedPolicy):
         self._device_anchor = nn.Parameter(torch.zeros(1), requires_grad=False)
         self._action_queue: deque[Tensor] = deque(maxlen=config.actions_per_plan)
         self._queued_tasks: tuple[str, ...] | None = None
-        self.last_predicted_latents: np.ndarray | None = None
+        # LeRobot's world-model hook (lerobot-eval --policy.save_predicted_video=true): after a plan, the
+        # latents (B, z, 1 + fpb, h, w) = [latent of the frame planned from | predicted block]; None after a
+        # call served from the queue. lerobot-eval concatenates them on dim 2 and calls
+        # decode_predicted_latents once per rollout.
+        self.last_predicted_latents: Tensor | None = None
+        self._decode_block = None
         self.relative: RelativeActions | None = None
         if config.relative_action_dims and dataset_stats is not None:
             self.relative = RelativeActions.from_stats(config.relative_action_dims, dataset_stats)
@@ -122,6 +127,23 @@ class DreamZeroJaxPolicy(PreTrainedPolicy):
             "dreamzero_jax trains with the JAX trainer (`dreamzero-train`), not with torch autograd"
         )
 
+    @torch.no_grad()
+    def decode_predicted_latents(self, latents: Tensor) -> np.ndarray:
+        """Plans' latents concatenated on dim 2, (B, z, n*(1 + fpb), h, w) -> the imagined video of batch
+        element 0, (n * 4 * fpb, H, W, 3) uint8: each predicted block decoded behind its context frame
+        (which is dropped), so frame i lines up with the i-th frame after each plan."""
+        block = 1 + self.model.cfg.dit.frames_per_block
+        lat = torch.as_tensor(latents)
+        if lat.ndim != 5 or lat.shape[1] != self.model.cfg.vae.z_dim or lat.shape[2] % block:
+            raise ValueError(f"expected (B, {self.model.cfg.vae.z_dim}, n*{block}, h, w) plan latents, got {tuple(lat.shape)}")
+        z = lat[0].permute(1, 2, 3, 0).reshape(-1, block, *lat.shape[3:], lat.shape[1]).numpy()  # (n, 1+fpb, h, w, z)
+        if self._decode_block is None:  # one block at a time: compiled once, whatever the rollout's length
+            graphdef = nnx.graphdef(self.model.vae)
+            self._decode_block = jax.jit(lambda p, x: nnx.merge(graphdef, p).decode(x)[0, 1:])
+        params = nnx.state(self.model.vae)
+        frames = np.concatenate([np.asarray(self._decode_block(params, b[None])) for b in z])  # (n*4*fpb, H, W, 3)
+        return np.clip((frames + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
+
     # ------------------------------------------------------------------ internals
     def _validated(self, batch: dict[str, Any]) -> Observation:
         """Check everything a plan needs (cameras, state, task, batch size) and convert it."""
@@ -143,7 +165,7 @@ class DreamZeroJaxPolicy(PreTrainedPolicy):
             if x.shape[0] != b:
                 raise ValueError(f"{key}: batch size {x.shape[0]} != observation.state batch size {b}")
             views.append(x.detach().to("cpu", torch.float32).permute(0, 2, 3, 1).numpy())
-        tiled = tile_views(views, self.config)  # (B, H, W, 3) in [0, 1], each view at the configured size
+        tiled = tile_views(crop_views(views, self.config.crop), self.config)  # (B, H, W, 3) in [0, 1], each view at the configured size
         return np.clip(tiled * 2.0 - 1.0, -1.0, 1.0).astype(np.float32)
 
     def _tasks(self, batch: dict[str, Any], b: int) -> tuple[str, ...]:
@@ -187,7 +209,7 @@ class DreamZeroJaxPolicy(PreTrainedPolicy):
         emb = np.full((b,), self.config.embodiment_id, np.int32)
         # The model saw states clamped to [-1, 1] in training (q01/q99 tails), as the reference clamps them.
         actions, latents = self.runner.step(obs.frame, np.clip(state, -1.0, 1.0), obs.tasks, emb)
-        self.last_predicted_latents = latents
+        self.last_predicted_latents = torch.from_numpy(np.ascontiguousarray(latents.transpose(0, 4, 1, 2, 3)))
         n = self.config.actions_per_plan
         a_dim = self.config.action_feature.shape[0]
         actions = actions[:, :n, :a_dim]

@@ -1,21 +1,27 @@
-"""What the world model imagined next to what really happened, as one picture.
+"""Imagined futures, scored: what the world model predicted next to what really happened.
 
-Runs the policy for one episode in-process; at every re-plan it keeps the predicted latent block,
-decodes it with the VAE (behind the latent of the frame it was planned from, so the causal decoder
-has its context) and pairs each imagined frame with the frame the environment really showed.
+The policy runs closed loop in-process on held-out seeds. At every plan it keeps the predicted latent
+block, decoded behind the frame it was planned from (``decode_predicted_latents``), and pairs imagined
+frame i with the frame the environment really showed at the same offset (frame i of a block stands
+``((i + 1) * actions_per_block) // (4 * frames_per_block)`` actions after the plan, as in the training
+windows). Only frames whose actions were executed are scored. Per chunk index of the context (1 = the
+plan that starts a context, 2 = the next one, which also sees the frames observed meanwhile, ...): PSNR
+of the imagined frames and of the copy-the-last-observed-frame baseline, over the same frames.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 import dreamzero_envs as envs
 from dreamzero_policy.modeling_dreamzero import DreamZeroJaxPolicy
+from dreamzero_policy.training.vae_fit import psnr
 
 
 def _obs(o: dict, task: str, pre) -> dict:
@@ -26,53 +32,100 @@ def _obs(o: dict, task: str, pre) -> dict:
     return pre(batch) if pre is not None else batch
 
 
-def imagine_episode(policy: DreamZeroJaxPolicy, env_name: str, seed: int, out: Path, pre=None, post=None,
-                    image_size: int = 64, max_plans: int = 4, layout: str = "fixed") -> Path:
-    env = envs.make(env_name, image_size=image_size, layout=layout, cameras=",".join(
-        k.split(".")[-1] for k in policy.config.camera_keys))
+@dataclass
+class Plan:
+    chunk: int  # position of the plan in its context (1-based)
+    start: np.ndarray  # the frame planned from, [-1, 1]
+    imagined: np.ndarray  # (4*fpb, H, W, 3) in [-1, 1]
+    offsets: np.ndarray  # actions after the plan at which each imagined frame stands
+    real: list[np.ndarray] = field(default_factory=list)  # frames seen after each executed action
+
+    def scored(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(imagined, real) pairs whose real frame was observed."""
+        return [(self.imagined[i], self.real[o - 1]) for i, o in enumerate(self.offsets) if 0 < o <= len(self.real)]
+
+
+def run_episode(policy: DreamZeroJaxPolicy, env_name: str, seed: int, pre=None, post=None, image_size: int = 64,
+                layout: str = "fixed", max_steps: int | None = None) -> list[Plan]:
+    env = envs.make(env_name, image_size=image_size, layout=layout,
+                     cameras=",".join(k.split(".")[-1] for k in policy.config.camera_keys))
+    dit = policy.model.cfg.dit
+    nf = 4 * dit.frames_per_block
+    offsets = ((np.arange(nf) + 1) * dit.actions_per_block) // nf
     o, _ = env.reset(seed=seed)
     task = env.unwrapped.task_description
     policy.reset()
-    rows, real, pending = [], [], None
-    done = False
-    while not done and len(rows) < max_plans:
+    plans: list[Plan] = []
+    done, steps = False, 0
+    while not done and (max_steps is None or steps < max_steps):
         batch = _obs(o, task, pre)
-        replan = len(policy._action_queue) == 0
         action = policy.select_action(batch)
-        if replan:
-            if pending is not None:
-                rows.append((pending, real))
-            frame = policy._observe(batch)  # the tiled model frame, [-1, 1]
-            ctx = policy.model.encode_video(jnp.asarray(frame)[:, None])
-            lat = jnp.concatenate([ctx, jnp.asarray(policy.last_predicted_latents)], axis=1)
-            video = np.asarray(policy.model.vae.decode(lat))[0, 1:]  # drop the context frame
-            pending, real = video, []
+        if policy.last_predicted_latents is not None:  # this call planned
+            imagined = policy.decode_predicted_latents(policy.last_predicted_latents).astype(np.float32) / 127.5 - 1
+            policy.last_predicted_latents = None
+            plans.append(Plan(policy.runner.chunks_done, policy._observe(batch)[0], imagined, offsets))
         if post is not None:
             action = post(action)
         o, _, term, trunc, _ = env.step(action[0].numpy())
-        real.append(policy._observe(_obs(o, task, pre))[0])
-        done = term or trunc
-    if pending is not None:
-        rows.append((pending, real))
+        plans[-1].real.append(policy._observe(_obs(o, task, pre))[0])
+        done, steps = term or trunc, steps + 1
     env.close()
-    return save_grid(rows, out, title=task)
+    return plans
 
 
-def save_grid(rows: list[tuple[np.ndarray, list[np.ndarray]]], out: Path, title: str = "") -> Path:
-    """Per plan: a row of imagined frames above the row of real frames (both in [-1, 1])."""
+def score(plans: list[Plan]) -> dict[str, dict[str, float]]:
+    """Per chunk index: mean PSNR of imagined frames and of the copy-last-frame baseline, and the count."""
+    by_chunk: dict[int, dict[str, list[float]]] = {}
+    for p in plans:
+        for imagined, real in p.scored():
+            d = by_chunk.setdefault(p.chunk, {"imagined": [], "copy_last": []})
+            d["imagined"].append(psnr(imagined, real))
+            d["copy_last"].append(psnr(p.start, real))
+    return {str(k): {"imagined_psnr_db": float(np.mean(v["imagined"])), "copy_last_psnr_db": float(np.mean(v["copy_last"])),
+                     "frames": len(v["imagined"])} for k, v in sorted(by_chunk.items())}
+
+
+def score_imagination(policy: DreamZeroJaxPolicy, env_name: str, seeds: list[int], out: Path, pre=None, post=None,
+                      image_size: int = 64, layout: str = "fixed", picture_plans: int = 4) -> dict:
+    """Score ``seeds`` (held-out episodes); save ``<out>.json`` and a labelled picture of the first one."""
+    episodes = [run_episode(policy, env_name, s, pre, post, image_size, layout) for s in seeds]
+    result = {"seeds": list(seeds), "per_chunk": score([p for ep in episodes for p in ep])}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    save_picture(episodes[0][:picture_plans], out, title=f"seed {seeds[0]}")
+    return result
+
+
+def save_picture(plans: list[Plan], out: Path, title: str = "", scale: int = 3) -> Path:
+    """Per plan: the imagined frames above the real ones, labelled, with the plan's PSNR and baseline."""
     to_u8 = lambda x: np.clip((np.asarray(x) + 1) * 127.5, 0, 255).astype(np.uint8)
-    strips = []
-    for imagined, real in rows:
-        n = min(len(imagined), len(real)) or len(imagined)
-        blank = np.zeros_like(imagined[0])
-        top = np.concatenate([to_u8(imagined[i]) for i in range(n)], axis=1)
-        bottom = np.concatenate([to_u8(real[i]) if i < len(real) else to_u8(blank) for i in range(n)], axis=1)
-        strips.append(np.concatenate([top, bottom, np.full((4, top.shape[1], 3), 255, np.uint8)], axis=0))
-    width = max(s.shape[1] for s in strips)
-    strips = [np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0))) for s in strips]
-    img = Image.fromarray(np.concatenate(strips, axis=0))
-    img = img.resize((img.width * 3, img.height * 3), Image.NEAREST)
+    label_w, gap = 150, 6
+    rows = []
+    for p in plans:
+        pairs = p.scored()
+        if not pairs:
+            continue
+        top = np.concatenate([to_u8(a) for a, _ in pairs], axis=1)
+        bottom = np.concatenate([to_u8(b) for _, b in pairs], axis=1)
+        strip = Image.fromarray(np.concatenate([top, bottom], axis=0))
+        strip = strip.resize((strip.width * scale, strip.height * scale), Image.NEAREST)
+        canvas = Image.new("RGB", (label_w + strip.width, strip.height + gap), "white")
+        canvas.paste(strip, (label_w, 0))
+        d = ImageDraw.Draw(canvas)
+        h = strip.height // 2
+        im = np.mean([psnr(a, b) for a, b in pairs])
+        cp = np.mean([psnr(p.start, b) for _, b in pairs])
+        d.text((4, 4), f"imagined\nchunk {p.chunk}\nPSNR {im:.1f} dB", fill="black")
+        d.text((4, h + 4), f"real\n(copy-last\n{cp:.1f} dB)", fill="black")
+        rows.append(canvas)
+    width = max(r.width for r in rows)
+    head = 18
+    img = Image.new("RGB", (width, head + sum(r.height for r in rows)), "white")
+    ImageDraw.Draw(img).text((4, 3), f"imagined (top) vs real (bottom) frames after each plan; {title}", fill="black")
+    y = head
+    for r in rows:
+        img.paste(r, (0, y))
+        y += r.height
     out.parent.mkdir(parents=True, exist_ok=True)
     img.save(out)
-    (out.with_suffix(".txt")).write_text(f"{title}\nrows per plan: imagined (top) vs real (bottom)\n")
     return out

@@ -1,15 +1,18 @@
 """The main job, end to end, on a fresh machine with no pretrained weights and no Hub:
 
   1. record scripted-expert demonstrations of the language-conditioned reach task (LeRobotDataset v3)
-  2. train the ``small`` DreamZero preset on them with ``dreamzero-train`` (progress bar)
-  3. export the policy directory (``dreamzero-train`` does it when the run finishes)
-  4. evaluate it closed loop with ``lerobot-eval`` on held-out seeds, next to two baselines: a random
-     policy and the trained policy with the instruction blanked
-  5. write the evaluation videos and a picture of imagined vs real future frames
+  2. fit the ``small`` preset's own VAE to their frames (``dreamzero-fit-vae``; held-out PSNR)
+  3. train the DreamZero DiT on the fitted VAE's latents with ``dreamzero-train`` (windows of 2 chunks),
+     which exports the policy directory when it finishes
+  4. evaluate it closed loop with ``lerobot-eval`` on held-out seeds (the context kept for 2 chunks, and
+     written imagined videos), next to: the same policy with the context reset every chunk, with the
+     instruction blanked, and a random policy, all on the same seeds
+  5. score the imagined futures against the frames that really followed (PSNR per chunk of the context,
+     next to the copy-the-last-frame baseline), and draw the picture and the training curves
 
-    uv run --frozen --all-extras python -m eval.main_job [--demos 100] [--steps 1000] [--layout fixed] [--out outputs/main_job]
+    uv run --frozen --all-extras python -m eval.main_job [--demos=100] [--steps=1000] [--layout=fixed] [--out=outputs/main_job]
 
-``--toy true`` runs the same stages at toy size (a CI check that every stage's output is well-formed).
+``--toy=true`` runs the same stages at toy size (a CI check that every stage's output is well-formed).
 """
 
 from __future__ import annotations
@@ -40,8 +43,12 @@ class MainJobConfig:
     steps: int = 1000
     batch_size: int = 16
     lr: float = 3e-4
-    num_chunks: int = 1
-    latent_stats_frames: int = 128  # clips used to measure the random VAE's latent mean/std
+    num_chunks: int = 2  # chunks per training window = chunks the evaluated context keeps before it resets
+    vae_steps: int = 700  # fitting the preset's VAE to the demonstrations' frames (dreamzero-fit-vae)
+    vae_batch: int = 2  # clips per VAE step
+    vae_frames: int = 48  # single frames per VAE step
+    vae_holdout: int = 10  # demonstration episodes the VAE never trains on (its PSNR is measured on them)
+    imagination_episodes: int = 10  # held-out episodes whose imagined futures are scored
     eval_episodes: int = 50
     eval_seed: int = 100_000  # held out: demonstrations use seeds 0 .. demos-1 (plus retries)
     eval_batch: int = 10
@@ -57,7 +64,8 @@ class MainJobConfig:
             self.demos, self.steps, self.eval_episodes, self.eval_batch = 3, 2, 2, 2
             self.preset, self.image_size, self.batch_size = "tiny", 32, 2
             self.n_action_steps, self.inference_steps = 0, 2  # 0 = the whole (4-action) tiny chunk
-            self.latent_stats_frames, self.eval_episode_length = 8, 12
+            self.vae_steps, self.vae_frames, self.imagination_episodes, self.eval_episode_length = 2, 4, 1, 12
+            self.vae_holdout = 1
 
 
 def _stage(cfg: MainJobConfig, name: str):
@@ -111,8 +119,11 @@ def run(cfg: MainJobConfig) -> dict:
     for k, v in _subprocess_env(cfg).items():  # the in-process stages share the XLA cache too
         if k.startswith("JAX_"):
             jax.config.update(k.lower(), float(v) if k.endswith("_SECS") else v)
-    data, train_dir = out / "demos", out / "train"
+    data, vae_dir, train_dir = out / "demos", out / "vae", out / "train"
     policy_dir = train_dir / "pretrained_model"  # dreamzero-train exports there when the run finishes
+    dataset = [f"--dataset.repo_id=local/dz_{cfg.env}", f"--dataset.root={data}"]
+    views = [f"--policy.preset={cfg.preset}", f"--policy.view_height={cfg.image_size}",
+             f"--policy.view_width={cfg.image_size}", "--policy.device=cpu"]
 
     with _stage(cfg, "record demonstrations"):
         if not (data / "meta" / "info.json").exists():
@@ -121,18 +132,25 @@ def run(cfg: MainJobConfig) -> dict:
             s = record(cfg.env, cfg.demos, data, seed=0, image_size=cfg.image_size, layout=cfg.layout)
             print(f"{s.episodes} episodes, {s.frames} frames -> {data}")
 
-    # The sampling settings the job evaluates with go into the policy config, so the exported policy runs
-    # as measured with a plain `lerobot-eval --policy.path=...`. The context resets after as many chunks as
-    # a training window holds: longer contexts were never seen.
+    with _stage(cfg, "fit the VAE to the frames"):
+        subprocess.run([_bin("dreamzero-fit-vae"), *dataset, *views, f"--output_dir={vae_dir}",
+                        f"--steps={cfg.vae_steps}", f"--batch_size={cfg.vae_batch}",
+                        f"--frames_per_step={cfg.vae_frames}", "--resume=true",
+                        f"--holdout_episodes={cfg.vae_holdout}",
+                        f"--save_freq={max(1, cfg.vae_steps // 4)}"], check=True, env=_subprocess_env(cfg))
+        vae_report = json.loads((vae_dir / "vae_fit.json").read_text())
+
+    # The DiT starts from the fitted VAE's policy directory (its latent statistics in the config). The
+    # sampling settings the job evaluates with go into the policy config, so the exported policy runs as
+    # measured with a plain `lerobot-eval --policy.path=...`. The context keeps as many chunks as a training
+    # window holds (longer contexts were never seen), then resets.
     train_args = [
-        f"--dataset.repo_id=local/dz_{cfg.env}", f"--dataset.root={data}", f"--output_dir={train_dir}",
-        f"--policy.preset={cfg.preset}", f"--policy.view_height={cfg.image_size}",
-        f"--policy.view_width={cfg.image_size}", "--policy.device=cpu",
+        *dataset, f"--policy.path={vae_dir / 'pretrained_model'}", f"--output_dir={train_dir}",
         f"--policy.num_inference_steps={cfg.inference_steps}", "--policy.cfg_scale=1.0",
         f"--policy.n_action_steps={cfg.n_action_steps}", f"--policy.max_chunks_before_reset={cfg.num_chunks}",
         f"--steps={cfg.steps}", f"--batch_size={cfg.batch_size}", f"--save_freq={max(1, cfg.steps // 4)}",
-        f"--windows.num_chunks={cfg.num_chunks}", f"--windows.latent_stats_frames={cfg.latent_stats_frames}",
-        f"--optim.lr={cfg.lr}", f"--precompute.dir={out / 'precomputed'}", "--resume=true",
+        f"--windows.num_chunks={cfg.num_chunks}", f"--optim.lr={cfg.lr}", f"--precompute.dir={out / 'precomputed'}",
+        "--resume=true",
     ]
     with _stage(cfg, "precompute frozen encoders"):
         if not (out / "precomputed" / "stats.json").exists():
@@ -142,22 +160,34 @@ def run(cfg: MainJobConfig) -> dict:
         subprocess.run([_bin("dreamzero-train"), *train_args], check=True, env=_subprocess_env(cfg))
 
     with _stage(cfg, "evaluate trained policy (lerobot-eval)"):
-        trained = _lerobot_eval(cfg, policy_dir, out / "eval_trained", [])
+        trained = _lerobot_eval(cfg, policy_dir, out / "eval_trained", ["--policy.save_predicted_video=true"])
+    with _stage(cfg, "evaluate with the context reset every chunk (lerobot-eval)"):
+        reset = _lerobot_eval(cfg, policy_dir, out / "eval_reset_every_chunk", ["--policy.max_chunks_before_reset=1"])
     with _stage(cfg, "evaluate blank-instruction baseline (lerobot-eval)"):
         blank = _lerobot_eval(cfg, policy_dir, out / "eval_blank", ["--policy.blank_instruction=true"])
     with _stage(cfg, "evaluate random baseline"):
         seeds = range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes)
         random_pc = random_policy_success(cfg.env, seeds, cfg.image_size, cfg.layout, cfg.eval_episode_length)
 
-    with _stage(cfg, "imagined vs real frames"):
-        picture = _imagination(cfg, policy_dir, out / "imagination.png")
+    with _stage(cfg, "imagined futures, scored (held-out seeds)"):
+        picture = out / "imagination.png"
+        imagination = _imagination(cfg, policy_dir, picture)
 
+    from dreamzero_policy.training.curves import save_training_curves
+    from dreamzero_policy.training.metrics_log import MetricsLog
+
+    step = json.loads((policy_dir / "train_meta.json").read_text())["step"]
+    curves = save_training_curves(MetricsLog(train_dir / "metrics.jsonl").read(), train_dir / "loss_curve.png",
+                                  [(step, trained["pc_success"], "success, context kept"),
+                                   (step, reset["pc_success"], "success, context reset every chunk")])
     summary = {
-        "success_pct": {"trained": trained["pc_success"], "blank_instruction": blank["pc_success"],
-                        "random": random_pc},
+        "success_pct": {"trained": trained["pc_success"], "context_reset_every_chunk": reset["pc_success"],
+                        "blank_instruction": blank["pc_success"], "random": random_pc},
         "eval_episodes": cfg.eval_episodes, "eval_seeds": [seeds.start, seeds.stop - 1],
+        "vae": vae_report, "imagined_future_psnr_db": imagination["per_chunk"],
+        "imagination_seeds": imagination["seeds"],
         "videos": str(out / "eval_trained" / "videos"), "imagination": str(picture),
-        "loss_curve": str(next(iter(train_dir.glob("*.png")), "")), "seconds": cfg.timings,
+        "loss_curve": str(curves), "seconds": cfg.timings,
         "config": {k: v for k, v in asdict(cfg).items() if k != "timings"},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -166,6 +196,11 @@ def run(cfg: MainJobConfig) -> dict:
     print(f"success over {cfg.eval_episodes} held-out episodes (seeds {seeds.start}..{seeds.stop - 1}):")
     for k, v in summary["success_pct"].items():
         print(f"  {k:<18} {v:6.1f} %")
+    print(f"VAE reconstruction PSNR, held-out episodes: {vae_report['held_out_psnr_db']:.2f} dB")
+    print("imagined future frames vs the frames that followed (PSNR, held-out seeds), per chunk of the context:")
+    for k, v in imagination["per_chunk"].items():
+        print(f"  chunk {k}: imagined {v['imagined_psnr_db']:.2f} dB   copy-last-frame {v['copy_last_psnr_db']:.2f} dB"
+              f"   ({v['frames']} frames)")
     print("time per stage (s):", json.dumps(cfg.timings))
     print(f"videos: {summary['videos']}\nimagined vs real: {picture}\nsummary: {out / 'summary.json'}")
     return summary
@@ -187,19 +222,20 @@ def _record_success_in_model_card(cfg: MainJobConfig, policy_dir: Path, summary:
     )
 
 
-def _imagination(cfg: MainJobConfig, policy_dir: Path, path: Path) -> Path:
+def _imagination(cfg: MainJobConfig, policy_dir: Path, path: Path) -> dict:
     from lerobot.configs.policies import PreTrainedConfig
     from lerobot.policies.factory import make_pre_post_processors
 
     import lerobot_policy_dreamzero  # noqa: F401
     from dreamzero_policy.modeling_dreamzero import DreamZeroJaxPolicy
-    from eval.imagination import imagine_episode
+    from eval.imagination import score_imagination
 
     pcfg = PreTrainedConfig.from_pretrained(policy_dir)  # the sampling settings it was evaluated with
     policy = DreamZeroJaxPolicy.from_pretrained(policy_dir, config=pcfg)
     pre, post = make_pre_post_processors(pcfg, pretrained_path=str(policy_dir))
-    return imagine_episode(policy, cfg.env, cfg.eval_seed, path, pre=pre, post=post, image_size=cfg.image_size,
-                           layout=cfg.layout)
+    seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.imagination_episodes))
+    return score_imagination(policy, cfg.env, seeds, path, pre=pre, post=post, image_size=cfg.image_size,
+                             layout=cfg.layout)
 
 
 def main() -> None:

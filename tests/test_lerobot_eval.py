@@ -21,13 +21,23 @@ def test_lerobot_eval_in_process(tmp_path):
     cfg = EvalPipelineConfig(
         env=DzReachEnv(episode_length=6, image_size=32),
         eval=EvalConfig(n_episodes=2, batch_size=2),
-        policy=DreamZeroJaxConfig(num_inference_steps=2, cfg_scale=1.0, device="cpu", view_height=32, view_width=32),
+        policy=DreamZeroJaxConfig(num_inference_steps=2, cfg_scale=1.0, device="cpu", view_height=32, view_width=32,
+                                  save_predicted_video=True),
         output_dir=tmp_path / "eval",
     )
     eval_main(cfg)
     check_eval_info(tmp_path / "eval" / "eval_info.json", 2)
-    videos = list((tmp_path / "eval" / "videos").rglob("*.mp4"))
+    videos = sorted((tmp_path / "eval" / "videos").rglob("eval_episode_*.mp4"))
     assert videos and all(v.stat().st_size > 0 for v in videos)
+    # LeRobot's world-model hook: one imagined video per rollout batch, beside the eval videos. 6 steps with
+    # 4-action chunks = 2 plans, each decoded to 4 * frames_per_block = 8 frames of the 32x32 model frame.
+    (pred,) = (tmp_path / "eval" / "videos").rglob("pred_episode_*.mp4")
+    assert pred.parent == videos[0].parent
+    import av
+
+    with av.open(str(pred)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 2 * 8 and frames[0].shape == (32, 32, 3)
 
 
 @pytest.mark.slow

@@ -195,7 +195,7 @@ def test_relative_action_dims_add_back_the_anchor_state(monkeypatch):
     rel = DreamZeroJaxPolicy(make_config(relative_action_dims=[0]), dataset_stats=stats)
     fixed = np.zeros((B, 4, 8), np.float32)
     fixed[..., 0], fixed[..., 1] = 0.2, -0.4
-    monkeypatch.setattr(rel.runner, "step", lambda *a, **k: (fixed, np.zeros(1)))  # the model's (normalised) output
+    monkeypatch.setattr(rel.runner, "step", lambda *a, **k: (fixed, np.zeros((B, 3, 1, 1, 4))))  # the model's (normalised) output
     o = obs(3)
     out = rel.predict_action_chunk(o).numpy()
     s = (o["observation.state"].numpy() + 1) * 4 / 2 - 2  # un-normalised anchor state
@@ -210,7 +210,7 @@ def test_relative_action_dims_add_back_the_anchor_state(monkeypatch):
 def test_queue_serves_the_planned_chunk_in_order(policy, monkeypatch):
     policy.reset()
     chunk = np.arange(B * 4 * 8, dtype=np.float32).reshape(B, 4, 8) / 100.0
-    monkeypatch.setattr(policy.runner, "step", lambda *a, **k: (chunk, np.zeros(1)))
+    monkeypatch.setattr(policy.runner, "step", lambda *a, **k: (chunk, np.zeros((B, 3, 1, 1, 4))))
     served = [policy.select_action(obs(i)).numpy() for i in range(policy.config.n_action_steps)]
     for i, a in enumerate(served):
         np.testing.assert_array_equal(a, chunk[:, i, :2])
@@ -301,7 +301,7 @@ def test_relative_actions_with_states_in_the_tails_round_trip_through_the_real_p
     pre, post = make_dreamzero_jax_pre_post_processors(cfg, stats)
     r_norm = np.zeros((B, 4, 8), np.float32)
     r_norm[..., 0], r_norm[..., 1] = 0.2, -0.4
-    monkeypatch.setattr(rel.runner, "step", lambda *a, **k: (r_norm, np.zeros(1)))
+    monkeypatch.setattr(rel.runner, "step", lambda *a, **k: (r_norm, np.zeros((B, 3, 1, 1, 4))))
     raw = obs(3)
     raw["observation.state"] = torch.tensor([[3.5, 0.0], [-5.0, 1.0]])  # outside q01/q99 = [-2, 2]
     chunk = rel.predict_action_chunk(pre(dict(raw)))
@@ -342,10 +342,45 @@ def test_every_config_field_is_read_by_the_code():
     code = "\n".join(p.read_text() for d in ("dreamzero_policy", "envs", "eval") for p in (root / d).rglob("*.py")
                      if p.name != "configuration_dreamzero.py")
     code += (root / "dreamzero_policy" / "configuration_dreamzero.py").read_text().split("# ---", 1)[1]
-    import lerobot.processor.factory as lerobot_factory  # LeRobot reads normalization_mapping to build processors
+    # LeRobot reads normalization_mapping to build processors and save_predicted_video in lerobot-eval.
+    import lerobot.processor.factory as lerobot_factory
+    import lerobot.scripts.lerobot_eval as lerobot_eval
 
-    code += Path(lerobot_factory.__file__).read_text()
+    code += Path(lerobot_factory.__file__).read_text() + Path(lerobot_eval.__file__).read_text()
     inherited = {f.name for f in dataclasses.fields(PreTrainedConfig)}
     ours = [f.name for f in dataclasses.fields(DreamZeroJaxConfig) if f.name not in inherited]
-    unread = [n for n in ours if not re.search(rf"\.{n}\b", code)]
+    unread = [n for n in ours if not re.search(rf"\.{n}\b|[\"']{n}[\"']", code)]
     assert not unread, unread
+
+
+def test_a_kept_context_observes_blocks_without_recompiling():
+    """Memory across chunks: with the context kept for 2 chunks, every second plan goes through the
+    observed-block path (the frames seen meanwhile enter the cache), compiled once."""
+    p = DreamZeroJaxPolicy(make_config(max_chunks_before_reset=2))
+    p.select_action(obs(0))  # compiles everything, including observe_block
+    fns = p.runner._compiled[B]
+    calls = []
+    real = fns.observe_block
+    fns.observe_block = lambda *a: calls.append(1) or real(*a)
+    before = COMPILES.n
+    for i in range(1, 8):  # 4 plans: fresh, observed, fresh, observed
+        p.select_action(obs(i))
+    assert len(calls) == 2 and COMPILES.n == before
+
+
+def test_the_policy_sees_the_frames_training_saw(tmp_path):
+    """Inference applies the training windows' eval transform (centre crop, then resize) to each view."""
+    from dreamzero_envs.record import record
+    from dreamzero_policy.models.world_model import make_tokenizer
+    from dreamzero_policy.training.data import WindowDataset
+    from dreamzero_policy.training.dataset_source import open_dataset
+
+    root = record("reach", 1, tmp_path / "d", image_size=48, max_episode_steps=8).root
+    cfg = make_config()
+    windows = WindowDataset(open_dataset("local/dz_reach", root), cfg, cfg.model_config(),
+                            make_tokenizer(cfg.model_config()), num_chunks=1, train=False)
+    want = windows.window(0, None)["video"][0]  # the anchor frame as training saw it
+    img = np.asarray(windows._hf[0]["observation.images.top"].convert("RGB"), np.float32) / 255.0
+    batch = {"observation.state": torch.zeros(1, 2),
+             "observation.images.top": torch.from_numpy(img).permute(2, 0, 1)[None]}
+    np.testing.assert_allclose(DreamZeroJaxPolicy(cfg)._observe(batch)[0], want, atol=1e-6)

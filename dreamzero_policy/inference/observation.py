@@ -30,6 +30,24 @@ def resize_views(images: np.ndarray | torch.Tensor, height: int, width: int) -> 
     return out.permute(0, 2, 3, 1).reshape(*lead, height, width, c).contiguous().numpy()
 
 
+def crop_views(views: list[np.ndarray], crop: float, rng: np.random.Generator | None = None) -> list[np.ndarray]:
+    """Keep a ``crop`` fraction of each side of every (..., H, W, C) view: centred (inference and the
+    eval transform, as the reference), or at a random offset drawn from ``rng`` (training augmentation),
+    the same for every frame of a view. Resizing back happens in :func:`tile_views`."""
+    if not 0.0 < crop <= 1.0:
+        raise ValueError(f"crop must be in (0, 1], got {crop}")
+    out = []
+    for v in views:
+        h, w = v.shape[-3:-1]
+        ch, cw = max(1, round(h * crop)), max(1, round(w * crop))
+        if rng is None:
+            y0, x0 = (h - ch) // 2, (w - cw) // 2
+        else:
+            y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        out.append(v[..., y0 : y0 + ch, x0 : x0 + cw, :])
+    return out
+
+
 def tile_views(views: list, cfg: DreamZeroJaxConfig) -> np.ndarray:
     """Camera views, each (B, H, W, 3) float in [0, 1] in ``cfg.camera_keys`` order -> (B, H', W', 3).
 

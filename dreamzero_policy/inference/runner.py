@@ -36,6 +36,7 @@ class _Compiled:
     observe_first: object
     observe_block: object
     plan: object
+    encode_frame: object  # one frame alone -> its latent: the context an imagined block is decoded behind
 
 
 @dataclass
@@ -122,7 +123,8 @@ class RolloutRunner:
             return ro.plan(m(p), spec, s, r, e, key)
 
         plan_fn = _compile(plan, self.params, state, rs, emb, seed)
-        self._compiled[batch] = _Compiled(text_fn, start_fn, obs_first, obs_block, plan_fn)
+        enc_fn = _compile(lambda p, f: m(p).encode_video(f[:, None]), self.params, f0)
+        self._compiled[batch] = _Compiled(text_fn, start_fn, obs_first, obs_block, plan_fn, enc_fn)
         return self._compiled[batch]
 
     def _encoded_text(self, fns: _Compiled, tasks: tuple[str, ...]) -> jax.Array:
@@ -140,7 +142,8 @@ class RolloutRunner:
     def step(self, frame: np.ndarray, robot_state: np.ndarray, tasks: tuple[str, ...],
              embodiment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """frame (B, H, W, 3) in [-1, 1] (the latest tiled observation), robot_state (B, S) normalised
-        and padded. Returns (actions (B, chunk, action_dim) normalised, predicted latents)."""
+        and padded. Returns (actions (B, chunk, action_dim) normalised, latents (B, 1 + fpb, h, w, z):
+        the latent of ``frame`` alone followed by the predicted block, so the block decodes in context)."""
         b = frame.shape[0]
         fns = self._fns(b, frame)
         fresh = (
@@ -163,7 +166,8 @@ class RolloutRunner:
                                               np.int32(self.plan_count))
         self.plan_count += 1
         self.chunks_done += 1
-        return np.asarray(actions), np.asarray(video)
+        context = fns.encode_frame(self.params, frame)
+        return np.asarray(actions), np.concatenate([np.asarray(context), np.asarray(video)], axis=1)
 
     def record(self, frame: np.ndarray) -> None:
         """Keep a frame seen while the current chunk executes (it joins the next observed block)."""

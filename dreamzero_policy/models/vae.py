@@ -235,6 +235,17 @@ class WanVAE(nnx.Module):
         return latents
 
     def encode_chunk(self, frames: jax.Array, cache: VAECache | None) -> tuple[jax.Array, VAECache]:
+        moments, cache = self._moments_chunk(frames, cache)
+        return self.normalize_latents(moments[..., : self.cfg.z_dim]), cache
+
+    def posterior(self, video: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(B, 1 + 4k, H, W, 3) -> the diagonal Gaussian posterior (mean, log-variance), raw (not normalised)
+        latents (B, 1 + k, h, w, z_dim) each: what fitting the VAE samples from."""
+        moments, _ = self._moments_chunk(video, None)
+        z = self.cfg.z_dim
+        return moments[..., :z], jnp.clip(moments[..., z:], -30.0, 20.0)
+
+    def _moments_chunk(self, frames: jax.Array, cache: VAECache | None) -> tuple[jax.Array, VAECache]:
         """Streaming encode. ``cache=None`` starts a clip: frames (B, 1 + 4k, ...), the first frame alone.
 
         With the cache returned by the previous call, frames (B, 4k, ...) continue the same clip and give
@@ -262,10 +273,10 @@ class WanVAE(nnx.Module):
                 lat, c = self._encode_step(chunk, c)
                 return c, lat[:, 0]
 
-            cache, lats = jax.lax.scan(body, cache, chunks)
+            cache, lats = jax.lax.scan(body, cache, chunks, unroll=True)
             outs.append(jnp.moveaxis(lats, 0, 1))
-        latents = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
-        return latents, cache
+        moments = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+        return moments, cache
 
     def init_encode_cache(self, batch: int, height: int, width: int, dtype=jnp.float32) -> VAECache:
         """A zero cache with the structure ``encode_chunk`` returns for frames of this size.
@@ -280,8 +291,7 @@ class WanVAE(nnx.Module):
     def _encode_step(self, x: jax.Array, cache: VAECache | None) -> tuple[jax.Array, VAECache]:
         stream = CacheStream(cache)
         h = self.encoder(x, stream)
-        mu = self.conv1(h)[..., : self.cfg.z_dim]
-        return self.normalize_latents(mu), stream.result()
+        return self.conv1(h), stream.result()
 
     # ---- decoding ---------------------------------------------------------------------------
     def decode(self, latents: jax.Array, *, clip: bool = True) -> jax.Array:
@@ -298,7 +308,13 @@ class WanVAE(nnx.Module):
             raise ValueError(
                 f"latents must be (B, T>=1, h, w, {self.cfg.z_dim}) channels-last, got {tuple(latents.shape)}"
             )
-        x = self.conv2(self.denormalize_latents(latents))
+        return self._decode_conv(self.conv2(self.denormalize_latents(latents)), cache, clip)
+
+    def decode_raw(self, z: jax.Array, *, clip: bool = False) -> jax.Array:
+        """Raw (not normalised) latents (B, 1 + k, h, w, z_dim) -> video; the fitting path."""
+        return self._decode_conv(self.conv2(z), None, clip)[0]
+
+    def _decode_conv(self, x: jax.Array, cache: VAECache | None, clip: bool) -> tuple[jax.Array, VAECache]:
         outs = []
         if cache is None:
             first, cache = self._decode_step(x[:, :1], None)
@@ -310,7 +326,7 @@ class WanVAE(nnx.Module):
                 out, c = self._decode_step(frame[:, None], c)
                 return c, out
 
-            cache, frames = jax.lax.scan(body, cache, jnp.moveaxis(x, 1, 0))
+            cache, frames = jax.lax.scan(body, cache, jnp.moveaxis(x, 1, 0), unroll=True)
             b, n, tf = frames.shape[1], frames.shape[0], frames.shape[2]
             outs.append(jnp.moveaxis(frames, 0, 1).reshape(b, n * tf, *frames.shape[3:]))
         video = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)

@@ -103,15 +103,29 @@ class CausalConv3d(nnx.Module):
         self.bias = nnx.Param(_uniform(rngs, (out_dim,), fan_in, param_dtype))
 
     def conv(self, x: jax.Array) -> jax.Array:
-        """The convolution with only spatial padding (time already padded or cached by the caller)."""
-        y = jax.lax.conv_general_dilated(
-            x,
-            self.kernel[...].astype(x.dtype),
-            window_strides=self.stride,
-            padding=((0, 0), *self.spatial_pad),
-            dimension_numbers=("NTHWC", "THWIO", "NTHWC"),
-        )
-        return y + self.bias[...].astype(x.dtype)
+        """The convolution with only spatial padding (time already padded or cached by the caller).
+
+        Computed as one 2D convolution per temporal tap (frames folded into the batch), summed: the same
+        result as a 3D convolution, and 5-9x faster forward + backward on CPU, where XLA's 3D convolution
+        of few channels is slow (measured fitting the small preset's VAE)."""
+        kernel = self.kernel[...].astype(x.dtype)
+        kt, st = kernel.shape[0], self.stride[0]
+        b, t = x.shape[:2]
+        t_out = (t - kt) // st + 1
+        if t_out < 1:
+            raise ValueError(f"{t} frames are fewer than the temporal kernel {kt}")
+        y = None
+        for i in range(kt):
+            xi = x[:, i : i + st * (t_out - 1) + 1 : st]
+            yi = jax.lax.conv_general_dilated(
+                xi.reshape(b * t_out, *xi.shape[2:]),
+                kernel[i],
+                window_strides=self.stride[1:],
+                padding=self.spatial_pad,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
+            y = yi if y is None else y + yi
+        return y.reshape(b, t_out, *y.shape[1:]) + self.bias[...].astype(x.dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.time_pad:

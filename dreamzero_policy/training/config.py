@@ -25,8 +25,7 @@ from dreamzero_policy.configuration_dreamzero import DreamZeroJaxConfig
 @dataclass
 class WindowConfig:
     num_chunks: int = 2  # chunks per training window (the reference samples up to 4)
-    augment: bool = True  # random crop + colour jitter (eval transform: centre crop)
-    crop: float = 0.95
+    augment: bool = True  # random crop (--policy.crop of each side) + colour jitter; off: centre crop
     jitter: float = 0.1
     overfit: bool = False  # one fixed batch and fixed noise every step (sanity check that the model fits)
     # Estimate the VAE latent statistics from this many training clips (for randomly initialised VAEs);

@@ -21,7 +21,7 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from lerobot.utils.constants import ACTION, OBS_STATE
 
 from dreamzero_policy.configuration_dreamzero import DreamZeroJaxConfig
-from dreamzero_policy.inference.observation import tile_views
+from dreamzero_policy.inference.observation import crop_views, tile_views
 from dreamzero_policy.inference.relative_actions import to_quantile_space
 from dreamzero_policy.models.presets import ModelConfig
 from dreamzero_policy.models.tokenizer import Tokenizer
@@ -109,21 +109,6 @@ def dataset_stats(
     }
 
 
-def augment_views(views: list[np.ndarray], rng: np.random.Generator | None, crop: float) -> list[np.ndarray]:
-    """Crop a ``crop`` fraction of each side (random offset in training, centred at eval), same crop for
-    every frame of a view; resizing back happens in :func:`tile_views`."""
-    out = []
-    for v in views:
-        h, w = v.shape[-3:-1]
-        ch, cw = max(1, round(h * crop)), max(1, round(w * crop))
-        if rng is None:
-            y0, x0 = (h - ch) // 2, (w - cw) // 2
-        else:
-            y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        out.append(v[..., y0 : y0 + ch, x0 : x0 + cw, :])
-    return out
-
-
 def color_jitter(x: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
     """Brightness, contrast and saturation jitter of (T, H, W, 3) frames in [0, 1], one draw per window."""
     b, c, s = (1.0 + rng.uniform(-strength, strength, 3)).astype(np.float32)
@@ -149,7 +134,6 @@ class WindowDataset(torch.utils.data.Dataset):
         num_chunks: int,
         seed: int = 0,
         train: bool = True,
-        crop: float = 0.95,
         jitter: float = 0.1,
         stats: dict[str, dict[str, np.ndarray]] | None = None,
     ):
@@ -167,7 +151,7 @@ class WindowDataset(torch.utils.data.Dataset):
         self.relative = list(policy.relative_action_dims)
         self.stats = stats or dataset_stats(self.table, self.relative, self.spec.actions_per_block)
         self.cameras = policy.camera_keys or sorted(k for k in ds.meta.camera_keys)
-        self.seed, self.train, self.crop, self.jitter = seed, train, crop, jitter
+        self.seed, self.train, self.jitter = seed, train, jitter
         self._hf = ds.hf_dataset.with_format(None).select_columns(self.cameras)
 
     @property
@@ -217,7 +201,7 @@ class WindowDataset(torch.utils.data.Dataset):
         states = np.zeros((len(s_rows), self.state_dim), np.float32)
         states[:, : state.shape[1]] = state
 
-        views = augment_views(self._frames(clip(f_off)), rng if self.train else None, self.crop)
+        views = crop_views(self._frames(clip(f_off)), self.policy.crop, rng if self.train else None)
         frames = tile_views(views, self.policy)
         if self.train and self.jitter > 0 and rng is not None:
             frames = color_jitter(frames, rng, self.jitter)

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from dreamzero_policy.models.world_model import DreamZeroModel, make_tokenizer
 from dreamzero_policy.training.config import TrainConfig
+from dreamzero_policy.training.curves import save_training_curves
 from dreamzero_policy.training.data import PositionSampler, WindowDataset, make_loader
 from dreamzero_policy.training.dataset_source import check_local_root, open_dataset, open_metadata
 from dreamzero_policy.training.export import build_model, export_pretrained
@@ -62,7 +63,6 @@ def make_windows(cfg: TrainConfig, model: DreamZeroModel, stats: dict | None = N
         num_chunks=w.num_chunks,
         seed=cfg.seed,
         train=augment,
-        crop=w.crop,
         jitter=w.jitter if augment else 0.0,
         stats=stats,
     )
@@ -125,29 +125,6 @@ def precompute_only(cfg: TrainConfig) -> Path:
 
         apply_latent_stats(model, cfg.policy, *estimate_latent_stats(model, ds, cfg.windows.latent_stats_frames))
     return precompute(ds, model, cfg.precompute.dir, cfg.batch_size)
-
-
-def save_loss_curve(records: list[dict], path: Path) -> None:
-    """Loss vs step as a PNG drawn with Pillow (matplotlib is not a dependency), log-scale y."""
-    from PIL import Image, ImageDraw
-
-    steps = np.array([r["step"] for r in records], np.float64)
-    loss = np.log10(np.maximum([r["loss"] for r in records], 1e-12))
-    w, h, pad = 640, 400, 50
-    img = Image.new("RGB", (w, h), "white")
-    dr = ImageDraw.Draw(img)
-    dr.rectangle([pad, pad, w - pad, h - pad], outline="black")
-    if len(steps) > 1:
-        sx = (steps - steps.min()) / max(np.ptp(steps), 1e-9)
-        sy = (loss - loss.min()) / max(np.ptp(loss), 1e-9)
-        pts = [(pad + x * (w - 2 * pad), h - pad - y * (h - 2 * pad)) for x, y in zip(sx, sy, strict=True)]
-        dr.line(pts, fill=(31, 119, 180), width=2)
-    dr.text(
-        (pad, 10),
-        f"loss (log10 {loss.min():.2f}..{loss.max():.2f}) vs step {int(steps.min())}..{int(steps.max())}",
-        fill="black",
-    )
-    img.save(path)
 
 
 def train(cfg: TrainConfig) -> list[dict]:
@@ -227,7 +204,7 @@ def train(cfg: TrainConfig) -> list[dict]:
     mgr.close()
     # Export after new steps, or when an earlier run stopped before exporting (a resumed, finished run).
     if saved and jax.process_index() == 0 and (records or not (out / EXPORT_DIR / "config.json").is_file()):
-        save_loss_curve(log.read(), out / CURVE)
+        save_training_curves(log.read(), out / CURVE)
         exported = export_pretrained(out, out / EXPORT_DIR)
         print(f"exported the policy to {exported}", flush=True)
         if cfg.policy.repo_id and cfg.policy.push_to_hub:
