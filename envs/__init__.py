@@ -1,7 +1,8 @@
 """Gymnasium simulators for DreamZero experiments (numpy-rendered, CPU only) and their scripted experts.
 
 Importing this package registers the gymnasium ids below; `dreamzero_envs.lerobot_config` registers the matching
-LeRobot `EnvConfig`s (`--env.type=dz_reach`, `--env.type=dz_reach_arm`).
+LeRobot `EnvConfig`s (`--env.type=dz_reach`, `--env.type=dz_reach_arm`), and `--env.type=dz_metaworld`
+(MetaWorld through LeRobot's env, `metaworld_env.py`; needs the `metaworld` extra).
 """
 
 from __future__ import annotations

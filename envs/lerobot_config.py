@@ -1,4 +1,5 @@
-"""LeRobot registration of the reach sims: `--env.type=dz_reach` (2D point) and `dz_reach_arm` (3-link arm).
+"""LeRobot registration of the reach sims: `--env.type=dz_reach` (2D point) and `dz_reach_arm` (3-link arm),
+and (from `dreamzero_envs.metaworld_config`) `dz_metaworld`.
 
 Importing this module registers both `EnvConfig` choices with draccus (LeRobot 0.6 resolves `--env.type`
 through `EnvConfig.get_choice_class`) and, through `import dreamzero_envs`, the gymnasium ids they build. LeRobot's
@@ -20,6 +21,7 @@ from lerobot.envs.configs import EnvConfig
 from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_STATE
 
 import dreamzero_envs as envs
+import dreamzero_envs.metaworld_config  # noqa: F401  (registers --env.type=dz_metaworld)
 from dreamzero_envs.reach_arm import ArmReachEnv
 from dreamzero_envs.reach_base import ReachEnv, parse_cameras
 from dreamzero_envs.reach_point import PointReachEnv

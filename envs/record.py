@@ -1,6 +1,8 @@
 """Roll out a scripted expert and write the demonstrations as a local LeRobotDataset (v3).
 
     python -m dreamzero_envs.record --env=reach --episodes=200 --root=data/dz_reach --seed=0
+    python -m dreamzero_envs.record --env=metaworld --tasks=button-press-v3,drawer-open-v3 --episodes=50 \
+        --root=data/dz_metaworld      # MetaWorld's scripted experts: dreamzero_envs.record_metaworld
 
 Frames are stored as `dtype: image` (PNG inside parquet), so no FFmpeg/video codec is needed to write or
 read. Features: `observation.images.<cam>` (H, W, 3) uint8, `observation.state`, `action` (float32), and
@@ -117,24 +119,61 @@ def record(
     return RecordSummary(root, repo_id, len(kept), frames, failed, tuple(kept))
 
 
+METAWORLD = "metaworld"  # --env value recorded by dreamzero_envs.record_metaworld
+
+
 @dataclass
 class RecordConfig:
-    episodes: int  # successful episodes to keep
+    episodes: int  # successful episodes to keep (per task for metaworld)
     root: str  # output directory (must not exist)
-    env: str = "reach"  # "reach" or "reach_arm"
+    env: str = "reach"  # "reach", "reach_arm" or "metaworld"
+    tasks: str | None = None  # metaworld only: comma list of task names or difficulty groups
     seed: int = 0
     repo_id: str | None = None  # default local/dz_<env>
     image_size: int = 64
     cameras: str = "top"  # comma-separated subset of top,wrist
     noise_std: float = 0.1
-    max_episode_steps: int | None = None
-    layout: str = "fixed"  # "fixed", "slots" or "random"
+    max_episode_steps: int | None = None  # metaworld: default 500 (MetaWorld's episode length)
+    layout: str = "fixed"  # "fixed", "slots" or "random" (reach sims only)
+
+
+def _main_metaworld(args: RecordConfig) -> None:
+    if not args.tasks:
+        raise SystemExit("--env=metaworld needs --tasks=<task>[,<task>...], e.g. --tasks=button-press-v3")
+    if args.cameras != "top" or args.layout != "fixed":
+        raise SystemExit("--cameras and --layout are reach-sim options; --env=metaworld has one camera")
+    try:
+        from dreamzero_envs.metaworld_env import MAX_PATH_LENGTH
+        from dreamzero_envs.record_metaworld import record_metaworld
+    except ImportError as e:
+        raise SystemExit(f"--env=metaworld needs the `metaworld` extra (uv sync --extra metaworld): {e}") from None
+    try:
+        summary = record_metaworld(
+            args.tasks,
+            args.episodes,
+            args.root,
+            seed=args.seed,
+            repo_id=args.repo_id,
+            image_size=args.image_size,
+            episode_length=args.max_episode_steps or MAX_PATH_LENGTH,
+            noise_std=args.noise_std,
+        )
+    except ValueError as e:
+        raise SystemExit(f"record: {e}") from None
+    print(
+        f"wrote {sum(summary.episodes.values())} episodes / {summary.frames} frames of {list(summary.episodes)} "
+        f"to {summary.root} (repo_id={summary.repo_id}, failed attempts dropped per task: {summary.failed})"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = draccus.parse(RecordConfig, args=argv)
+    if args.env == METAWORLD:
+        return _main_metaworld(args)
+    if args.tasks is not None:
+        raise SystemExit(f"--tasks is for --env={METAWORLD}; {args.env} has one task")
     if args.env not in envs.ENV_SPECS:
-        raise SystemExit(f"--env={args.env}: choose from {sorted(envs.ENV_SPECS)}")
+        raise SystemExit(f"--env={args.env}: choose from {[*sorted(envs.ENV_SPECS), METAWORLD]}")
     if args.layout not in LAYOUTS:
         raise SystemExit(f"--layout={args.layout}: choose from {list(LAYOUTS)}")
     try:

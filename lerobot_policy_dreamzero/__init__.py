@@ -1,5 +1,5 @@
 """Imported by LeRobot's plugin discovery (distributions named ``lerobot_policy_*``): registers
-``--policy.type=dreamzero_jax``, the ``--env.type=dz_reach`` / ``dz_reach_arm`` simulators, the
+``--policy.type=dreamzero_jax``, the ``--env.type=dz_reach`` / ``dz_reach_arm`` / ``dz_metaworld`` simulators, the
 ``--robot.type=dz_sim`` simulated robot, and ``dreamzero_jax`` as an async-inference policy type; and works
 around LeRobot's async vector envs not finding third-party gym packages (``dreamzero_envs.vector_workers``)."""
 

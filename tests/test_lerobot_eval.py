@@ -47,9 +47,11 @@ def test_lerobot_eval_in_process(tmp_path):
     ["--env.type=aloha", "--env.episode_length=40", "--policy.action_dim=14", "--policy.state_dim=14",
      "--policy.view_height=48", "--policy.view_width=64", "--policy.default_task=insert the peg into the socket"],
     ["--env.type=dz_reach"],
+    ["--env.type=dz_metaworld", "--env.task=button-press-v3", "--env.episode_length=12"],
 ])
 def test_lerobot_eval_cli(tmp_path, env_args):
-    """Needs the pusht / aloha extras: `uv run --all-extras pytest -m slow` (aloha renders with MUJOCO_GL=egl)."""
+    """Needs the pusht / aloha / metaworld extras: `uv run --all-extras pytest -m slow` (aloha and MetaWorld
+    render with MUJOCO_GL=egl)."""
     out = tmp_path / "eval"
     cmd = [str(Path(sys.executable).parent / "lerobot-eval"), "--policy.type=dreamzero_jax", *env_args,
            "--eval.n_episodes=2", "--eval.batch_size=2", "--policy.num_inference_steps=2", "--policy.device=cpu",
