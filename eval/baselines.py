@@ -39,3 +39,25 @@ def expert_success(env_name: str, seeds: range, image_size: int = 64, layout: st
         wins += bool(info.get("is_success", False))
         env.close()
     return 100.0 * wins / max(1, len(seeds))
+
+
+def metaworld_random_success(tasks: list[str], seeds: range, episode_length: int) -> dict[str, float]:
+    """Per task, percent of episodes uniform-random actions solve, on the seeds ``lerobot-eval --seed S``
+    gives each task (S, S+1, ...). The frames are unused, so the env renders at 16 px."""
+    from dreamzero_envs.metaworld_env import DzMetaworldEnv
+
+    out: dict[str, float] = {}
+    for task in tasks:
+        env = DzMetaworldEnv(task=task, episode_length=episode_length, image_size=16)
+        wins = 0
+        for seed in seeds:
+            env.action_space.seed(seed)
+            env.reset(seed=seed)
+            done, info = False, {}
+            while not done:
+                _, _, term, trunc, info = env.step(env.action_space.sample())
+                done = term or trunc
+            wins += bool(info.get("is_success", False))
+        env.close()
+        out[task] = 100.0 * wins / max(1, len(seeds))
+    return out

@@ -91,3 +91,21 @@ def test_latent_stats_standardise_the_training_latents(windows: WindowDataset) -
     assert cfg.model_config().vae.latents_mean == tuple(mean)
     with pytest.raises(ValueError, match="differs"):
         apply_latent_stats(model, cfg, [m + 1.0 for m in mean], std)
+
+
+def test_precompute_anchor_stride_writes_every_nth_window(windows: WindowDataset, tmp_path) -> None:
+    from flax import nnx
+
+    from dreamzero_policy.models.world_model import DreamZeroModel
+    from dreamzero_policy.training.precompute import PrecomputedDataset, precompute
+
+    model = DreamZeroModel(DreamZeroJaxConfig(preset="tiny").model_config(), rngs=nnx.Rngs(0))
+    full = PrecomputedDataset(precompute(windows, model, tmp_path / "all", batch_size=8))
+    strided = PrecomputedDataset(precompute(windows, model, tmp_path / "s3", batch_size=8, anchor_stride=3))
+    assert len(full) == len(windows) and len(strided) == len(range(0, len(windows), 3))
+    # the strided set holds exactly windows 0, 3, 6, ... of the full one (same encoders, eval transform)
+    assert strided.arrays.keys() == full.arrays.keys()
+    for key, value in strided.arrays.items():
+        np.testing.assert_allclose(value, full.arrays[key][::3], rtol=1e-5, atol=1e-6, err_msg=key)
+    with pytest.raises(ValueError, match="anchor_stride"):
+        precompute(windows, model, tmp_path / "bad", anchor_stride=0)

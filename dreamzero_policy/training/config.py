@@ -63,6 +63,9 @@ class LoraConfig:
 class PrecomputeConfig:
     dir: str | None = None  # train from (or, with only=true, write) precomputed frozen-encoder outputs
     only: bool = False  # write them to `dir` and exit
+    # Every Nth anchor only: neighbouring anchors share most of their frames, and encoding is the cost
+    # (a MetaWorld demo has ~80 anchors; at stride 4 the windows still start at every latent frame).
+    anchor_stride: int = 1
 
 
 # LeRobot DatasetConfig fields this trainer reads; the others must keep their defaults (checked).

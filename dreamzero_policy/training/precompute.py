@@ -20,7 +20,8 @@ from dreamzero_policy.training.trainer import encode_raw
 
 
 def precompute(
-    dataset: WindowDataset, model: DreamZeroModel, out_dir: str | Path, batch_size: int = 8
+    dataset: WindowDataset, model: DreamZeroModel, out_dir: str | Path, batch_size: int = 8,
+    anchor_stride: int = 1,
 ) -> Path:
     if dataset.train:
         raise ValueError(
@@ -28,10 +29,13 @@ def precompute(
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if anchor_stride < 1:
+        raise ValueError(f"--precompute.anchor_stride must be >= 1, got {anchor_stride}")
     encode = nnx.jit(encode_raw)
-    n = len(dataset)
+    anchors = range(0, len(dataset), anchor_stride)
+    n = len(anchors)
     for i, start in enumerate(range(0, n, batch_size)):
-        raw = collate_numpy([dataset[j] for j in range(start, min(n, start + batch_size))])
+        raw = collate_numpy([dataset[anchors[j]] for j in range(start, min(n, start + batch_size))])
         batch = jax.device_get(encode(model, {k: jax.numpy.asarray(v) for k, v in raw.items()}))
         np.savez(
             out / f"part_{i:06d}.npz",

@@ -116,7 +116,7 @@ def preflight(cfg: TrainConfig) -> None:
 
 
 def precompute_only(cfg: TrainConfig) -> Path:
-    """Write the frozen encoders' outputs (eval transform, every anchor) to ``cfg.precompute.dir``."""
+    """Write the frozen encoders' outputs (eval transform, every ``anchor_stride``-th anchor) to ``cfg.precompute.dir``."""
     preflight(cfg)
     model = build_model(cfg)
     ds = make_windows(cfg, model, train=False)
@@ -124,7 +124,7 @@ def precompute_only(cfg: TrainConfig) -> Path:
         from dreamzero_policy.training.latent_stats import apply_latent_stats, estimate_latent_stats
 
         apply_latent_stats(model, cfg.policy, *estimate_latent_stats(model, ds, cfg.windows.latent_stats_frames))
-    return precompute(ds, model, cfg.precompute.dir, cfg.batch_size)
+    return precompute(ds, model, cfg.precompute.dir, cfg.batch_size, cfg.precompute.anchor_stride)
 
 
 def train(cfg: TrainConfig) -> list[dict]:
