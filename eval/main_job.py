@@ -25,6 +25,9 @@ from pathlib import Path
 
 import draccus
 
+# Headless rendering for the in-process stages (recording, random baseline); set before MuJoCo is imported.
+os.environ.setdefault("MUJOCO_GL", "egl")
+
 from eval.job_steps import Stage, console_script, subprocess_env
 
 DEFAULT_TASKS = "button-press-v3,drawer-open-v3,door-open-v3"
