@@ -89,6 +89,11 @@ class MetaworldJobConfig:
         return [t.strip() for t in self.tasks.split(",") if t.strip()]
 
 
+def _has_checkpoint(run_dir: Path) -> bool:
+    """A step saved by an earlier, interrupted run (orbax names step directories by number)."""
+    return any(p.name.isdigit() for p in (run_dir / "checkpoints").glob("*"))
+
+
 def _evaluate(cfg: MetaworldJobConfig, policy_dir: Path, out: Path, extra: list[str]) -> dict:
     from eval.peers import eval_policy
 
@@ -118,7 +123,7 @@ def run(cfg: MetaworldJobConfig) -> dict:
              f"--policy.view_width={cfg.image_size}", "--policy.device=cpu", "--policy.cameras=[observation.image]"]
 
     with Stage(t, "record demonstrations"):
-        if not (data / "meta" / "info.json").exists():
+        if not (data / "meta" / "info.json").exists() or not (out / "demos.json").exists():
             if data.exists():
                 shutil.rmtree(data)
             s = record_metaworld(cfg.tasks, cfg.demos_per_task, data, seed=0, repo_id=repo_id,
@@ -128,15 +133,30 @@ def run(cfg: MetaworldJobConfig) -> dict:
             print(f"{sum(s.episodes.values())} episodes, {s.frames} frames -> {data}; expert failures dropped: {s.failed}")
     demos = json.loads((out / "demos.json").read_text())
 
+    # DreamZero's training seconds, kept across runs of the job: a stage finished earlier is skipped and keeps
+    # its time, so a job killed after it still gives the peers the whole budget. A stage killed midway and
+    # resumed counts only its resumed part: the table then says the budget is undercounted.
+    ledger_path = out / "dreamzero_training_seconds.json"
+    ledger: dict = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
+
+    def account(name: str, ran: bool) -> None:  # after the stage's `with` block, which times it
+        if ran:
+            ledger[name] = t[name]
+            ledger_path.write_text(json.dumps(ledger))
+
     vae_report, start = None, views
     if cfg.vae_steps:
-        with Stage(t, "DreamZero: fit the VAE to the frames"):
-            subprocess.run([console_script("dreamzero-fit-vae"), *dataset, *views, f"--output_dir={vae_dir}",
-                            f"--steps={cfg.vae_steps}", f"--batch_size={cfg.vae_batch}",
-                            f"--frames_per_step={cfg.vae_frames}", "--resume=true",
-                            f"--holdout_episodes={cfg.vae_holdout}", f"--save_freq={max(1, cfg.vae_steps // 2)}"],
-                           check=True, env=env)
-            vae_report = json.loads((vae_dir / "vae_fit.json").read_text())
+        name = "DreamZero: fit the VAE to the frames"
+        with Stage(t, name):
+            if ran := not (vae_dir / "vae_fit.json").exists():
+                ledger["resumed"] = ledger.get("resumed", False) or _has_checkpoint(vae_dir)
+                subprocess.run([console_script("dreamzero-fit-vae"), *dataset, *views, f"--output_dir={vae_dir}",
+                                f"--steps={cfg.vae_steps}", f"--batch_size={cfg.vae_batch}",
+                                f"--frames_per_step={cfg.vae_frames}", "--resume=true",
+                                f"--holdout_episodes={cfg.vae_holdout}", f"--save_freq={max(1, cfg.vae_steps // 2)}"],
+                               check=True, env=env)
+        account(name, ran)
+        vae_report = json.loads((vae_dir / "vae_fit.json").read_text())
         start = [f"--policy.path={vae_dir / 'pretrained_model'}"]  # preset, views and cameras saved there
 
     train_args = [
@@ -147,12 +167,19 @@ def run(cfg: MetaworldJobConfig) -> dict:
         f"--windows.num_chunks={cfg.num_chunks}", f"--optim.lr={cfg.lr}", f"--precompute.dir={out / 'precomputed'}",
         f"--precompute.anchor_stride={cfg.anchor_stride}", "--resume=true",
     ]
-    with Stage(t, "DreamZero: precompute frozen encoders"):
-        if not (out / "precomputed" / "stats.json").exists():
+    name = "DreamZero: precompute frozen encoders"
+    with Stage(t, name):
+        if ran := not (out / "precomputed" / "stats.json").exists():
             subprocess.run([console_script("dreamzero-train"), *train_args, "--precompute.only=true"], check=True, env=env)
-    with Stage(t, "DreamZero: train and export"):
-        subprocess.run([console_script("dreamzero-train"), *train_args], check=True, env=env)
-    budget = sum(v for k, v in t.items() if k.startswith("DreamZero:"))  # all of DreamZero's training
+    account(name, ran)
+    name = "DreamZero: train and export"
+    with Stage(t, name):
+        meta = policy_dir / "train_meta.json"
+        if ran := not (meta.exists() and json.loads(meta.read_text())["step"] == cfg.steps):
+            ledger["resumed"] = ledger.get("resumed", False) or _has_checkpoint(train_dir)
+            subprocess.run([console_script("dreamzero-train"), *train_args], check=True, env=env)
+    account(name, ran)
+    budget = sum(v for k, v in ledger.items() if k != "resumed")  # all of DreamZero's training
 
     peers: dict[str, dict] = {}
     for kind in cfg.peers:
@@ -187,6 +214,7 @@ def run(cfg: MetaworldJobConfig) -> dict:
         "eval": {"episodes_per_task": cfg.eval_episodes_per_task, "seeds": [seeds.start, seeds.stop - 1],
                  "episode_length": cfg.eval_episode_length},
         "demonstrations": demos, "training_budget_s": round(budget, 1), "vae": vae_report,
+        "training_budget_undercounted": bool(ledger.get("resumed")),
         "peers": {k: {f: v[f] for f in ("steps", "batch_size", "train_s", "wall_s", "policy_flags", "short_run_flags")}
                   for k, v in peers.items()},
         "seconds": t, "total_seconds": round(sum(t.values()), 1),
@@ -213,6 +241,8 @@ def format_table(summary: dict) -> str:
                   f"{e['episode_length']} steps at most). Training budget: {summary['training_budget_s']:.0f} s of "
                   "wall clock, DreamZero's whole training (frozen-encoder pass included); each peer trained by "
                   "lerobot-train for that long:"]
+    if summary.get("training_budget_undercounted"):
+        lines.append("- (DreamZero's training was interrupted and resumed: the budget counts only the resumed part.)")
     for kind, p in summary["peers"].items():
         flags = " ".join([*(f"--policy.{k}={v}" for k, v in p["policy_flags"].items()), *p["short_run_flags"]])
         lines.append(f"- {PEER_NAMES[kind]}: {p['steps']} steps of batch {p['batch_size']} in {p['train_s']:.0f} s "
