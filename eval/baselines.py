@@ -12,15 +12,20 @@ def random_policy_success(env_name: str, seeds: range, image_size: int = 64, lay
     limit = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
     for seed in seeds:
         env = envs.make(env_name, image_size=image_size, layout=layout, **limit)
-        env.action_space.seed(seed)
-        env.reset(seed=seed)
-        done, info = False, {}
-        while not done:
-            _, _, term, trunc, info = env.step(env.action_space.sample())
-            done = term or trunc
-        wins += bool(info.get("is_success", False))
+        wins += random_episode_succeeds(env, seed)
         env.close()
     return 100.0 * wins / max(1, len(seeds))
+
+
+def random_episode_succeeds(env, seed: int) -> bool:
+    """One episode of uniform-random actions (seeded like the env); True if the env reports success."""
+    env.action_space.seed(seed)
+    env.reset(seed=seed)
+    done, info = False, {}
+    while not done:
+        _, _, term, trunc, info = env.step(env.action_space.sample())
+        done = term or trunc
+    return bool(info.get("is_success", False))
 
 
 def expert_success(env_name: str, seeds: range, image_size: int = 64, layout: str = "fixed") -> float:
@@ -49,15 +54,7 @@ def metaworld_random_success(tasks: list[str], seeds: range, episode_length: int
     out: dict[str, float] = {}
     for task in tasks:
         env = DzMetaworldEnv(task=task, episode_length=episode_length, image_size=16)
-        wins = 0
-        for seed in seeds:
-            env.action_space.seed(seed)
-            env.reset(seed=seed)
-            done, info = False, {}
-            while not done:
-                _, _, term, trunc, info = env.step(env.action_space.sample())
-                done = term or trunc
-            wins += bool(info.get("is_success", False))
+        wins = sum(random_episode_succeeds(env, seed) for seed in seeds)
         env.close()
         out[task] = 100.0 * wins / max(1, len(seeds))
     return out

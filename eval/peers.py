@@ -25,10 +25,11 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from eval.job_steps import console_script
 
 PEER_KINDS = ("act", "diffusion")
 # Diffusion Policy's DDIM inference (Chi et al. use 10 DDIM steps on real robots); LeRobot's default is
@@ -41,10 +42,6 @@ DIFFUSION_CROP_RATIO = 84 / 96
 _START_RE = re.compile(r"Start offline training")
 _STEP_RE = re.compile(r"\bstep:\S+ smpl:\S+ ep:")  # MetricsTracker.__str__, once per log_freq steps
 _FINAL_RE = re.compile(r"Checkpoint policy after step (\d+)")
-
-
-def _bin(name: str) -> str:
-    return str(Path(sys.executable).parent / name)
 
 
 def subprocess_env(threads: int | None = None) -> dict[str, str]:
@@ -98,7 +95,7 @@ def train_command(
     """The `lerobot-train` command line for one peer (pure)."""
     policy = [f"--policy.{k}={v}" for k, v in peer_policy_flags(kind, image_size).items()]
     return [
-        _bin("lerobot-train"),
+        console_script("lerobot-train"),
         f"--policy.type={kind}",
         f"--dataset.repo_id={repo_id}",
         f"--dataset.root={dataset_root}",
@@ -263,7 +260,7 @@ def eval_command(
     """The `lerobot-eval` command line (pure). LeRobot runs `--eval.n_episodes` episodes for EACH task of
     the comma list, with seeds seed .. seed+n-1 for every task."""
     return [
-        _bin("lerobot-eval"),
+        console_script("lerobot-eval"),
         f"--policy.path={policy_dir}",
         "--policy.device=cpu",
         "--env.type=dz_metaworld",
