@@ -16,6 +16,7 @@ from lerobot.optim.optimizers import OptimizerConfig
 from lerobot.optim.schedulers import LRSchedulerConfig
 
 from dreamzero_policy.models.presets import ModelConfig, get_preset
+from dreamzero_policy.nn.attention import available_kernels
 
 # The standard Wan2.1 negative prompt used by the reference for classifier-free guidance.
 WAN_NEGATIVE_PROMPT = (
@@ -75,8 +76,12 @@ class DreamZeroJaxConfig(PreTrainedConfig):
     latents_mean: list[float] | None = None
     latents_std: list[float] | None = None
     tokenizer_dir: str | None = None  # local HF tokenizer directory (real checkpoints); None: byte tokenizer
-    dtype: str = "float32"  # compute dtype of the DiT ("bfloat16" on accelerators)
-    attention_impl: str = "xla"  # "xla" (dense reference) or "cudnn"
+    # Storage and compute dtype of the DiT, umT5 and CLIP ("bfloat16" as the reference runs on GPUs); the
+    # VAE, norms, modulation, softmax, RoPE and the timestep embedding stay float32. Training keeps float32
+    # master weights of the DiT and computes in this dtype.
+    dtype: str = "float32"
+    text_encoder_on_host: bool = False  # run umT5 on the host CPU (once per task): its weights stay off the device
+    attention_impl: str = "xla"  # "xla" (dense reference), "cudnn" (GPU, computes in bf16) or "splash" (TPU)
 
     # action chunking
     n_action_steps: int = 0  # actions executed before re-planning; 0 = the whole chunk
@@ -117,6 +122,8 @@ class DreamZeroJaxConfig(PreTrainedConfig):
             raise SystemExit(str(TrainWithDreamZeroTrain()))
         super().__post_init__()
         mc = self.model_config()  # raises for an unknown preset
+        if self.attention_impl not in available_kernels():
+            raise ValueError(f"attention_impl={self.attention_impl!r} is not one of {available_kernels()}")
         if self.n_action_steps < 0 or self.n_action_steps > self.chunk_size:
             raise ValueError(f"n_action_steps={self.n_action_steps} must be in [0, chunk_size={self.chunk_size}]")
         if not 0 <= self.embodiment_id < mc.dit.num_embodiments:
@@ -134,15 +141,16 @@ class DreamZeroJaxConfig(PreTrainedConfig):
             raise ValueError("max_chunks_before_reset must be >= 1")
 
     # ------------------------------------------------------------------ derived
-    def model_config(self) -> ModelConfig:
-        overrides = {"dtype": self.dtype, "attention": self.attention_impl}
+    def model_config(self, *, master_weights: bool = False) -> ModelConfig:
+        """The model this policy runs; ``master_weights``: the DiT stored in float32 (for training)."""
+        overrides = {"attention": self.attention_impl}
         if self.num_embodiments is not None:
             overrides["num_embodiments"] = self.num_embodiments
         if self.action_dim is not None:
             overrides["action_dim"] = self.action_dim
         if self.state_dim is not None:
             overrides["state_dim"] = self.state_dim
-        mc = get_preset(self.preset, **overrides)
+        mc = get_preset(self.preset, **overrides).with_dtype(self.dtype, master_weights=master_weights)
         if (self.latents_mean is None) != (self.latents_std is None):
             raise ValueError("latents_mean and latents_std must be given together")
         if self.latents_mean is not None:

@@ -13,6 +13,7 @@ host CPU); a device JAX cannot reach is an error, never a silent fall-back to an
 from __future__ import annotations
 
 from collections import deque
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,10 @@ class Observation:
         return self.state.shape[0]
 
 
+# Set while from_pretrained builds a policy whose weights are loaded right after construction.
+_WEIGHTS_FOLLOW: ContextVar[bool] = ContextVar("dreamzero_weights_follow", default=False)
+
+
 class DreamZeroJaxPolicy(PreTrainedPolicy):
     config_class = DreamZeroJaxConfig
     name = "dreamzero_jax"
@@ -72,9 +77,14 @@ class DreamZeroJaxPolicy(PreTrainedPolicy):
         config.validate_features()
         self.config = config
         self.jax_device = jax_device_for(config.device)
-        with jax.default_device(self.jax_device):
-            self.model = DreamZeroModel(config.model_config(), rngs=nnx.Rngs(config.seed))
-        self.runner = RolloutRunner(config, self.model, device=self.jax_device)
+        build = lambda: DreamZeroModel(config.model_config(), rngs=nnx.Rngs(config.seed))
+        self.runner: RolloutRunner | None = None
+        if _WEIGHTS_FOLLOW.get():  # from_pretrained: shapes only, the weights stream in next
+            self.model = nnx.eval_shape(build)
+        else:
+            with jax.default_device(self.jax_device):
+                self.model = build()
+            self.runner = RolloutRunner(config, self.model, device=self.jax_device)
         # torch bookkeeping only: LeRobot moves / counts parameters of the nn.Module.
         self._device_anchor = nn.Parameter(torch.zeros(1), requires_grad=False)
         self._action_queue: deque[Tensor] = deque(maxlen=config.actions_per_plan)
@@ -231,9 +241,26 @@ class DreamZeroJaxPolicy(PreTrainedPolicy):
         save_weights(self.model, Path(save_directory) / WEIGHTS_NAME)
 
     @classmethod
+    def from_pretrained(cls, pretrained_name_or_path: str | Path, **kwargs: Any) -> DreamZeroJaxPolicy:
+        """LeRobot's loader, with the model built from shapes only: each stored tensor then goes once, in the
+        model's dtype, to where it runs (a random init first would need a 14B model's memory twice)."""
+        token = _WEIGHTS_FOLLOW.set(True)
+        try:
+            return super().from_pretrained(pretrained_name_or_path, **kwargs)
+        finally:
+            _WEIGHTS_FOLLOW.reset(token)
+
+    @classmethod
     def _load_as_safetensor(cls, model: DreamZeroJaxPolicy, model_file: str, map_location: str, strict: bool):
-        load_weights(model.model, model_file)  # always strict: a partial load would act silently wrong
-        model.runner.set_params(model.model)
+        host = jax.devices("cpu")[0]
+        on_host = model.config.text_encoder_on_host
+        device_of = lambda path: host if on_host and path.startswith("text_encoder/") else model.jax_device
+        # always strict: a partial load would act silently wrong
+        load_weights(model.model, model_file, device_of=device_of)
+        if model.runner is None:
+            model.runner = RolloutRunner(model.config, model.model, device=model.jax_device)
+        else:
+            model.runner.set_params(model.model)
         if model.config.relative_action_dims and model.relative is None:
             model.relative = RelativeActions.from_pretrained_dir(model.config.relative_action_dims,
                                                                  Path(model_file).parent)

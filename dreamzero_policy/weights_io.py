@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -227,9 +228,38 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         return dict(r.metadata)
 
 
-def load_weights(model: nnx.Module, path: str | Path, *, allow_missing: bool = False) -> None:
+class _StoredTensors(Mapping[str, np.ndarray]):
+    """The tensors of an open file as a mapping that reads one tensor per lookup (shapes from the header)."""
+
+    def __init__(self, reader: SafetensorsReader):
+        self._r = reader
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self._r._entries:
+            raise KeyError(key)
+        return self._r.read(key)
+
+    def __iter__(self):
+        return iter(self._r.keys())
+
+    def __len__(self) -> int:
+        return len(self._r.keys())
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._r.shape(key)
+
+
+def load_weights(
+    model: nnx.Module,
+    path: str | Path,
+    *,
+    allow_missing: bool = False,
+    device_of: Callable[[str], Any] | None = None,
+) -> None:
     """Strict by default: missing, unexpected and wrongly shaped tensors are named in one error.
 
+    Tensors stream from the file one at a time into their parameters' dtype on ``device_of(path)``; with an
+    abstract ``model`` (``nnx.eval_shape``) the weights exist once, in the model's dtype (see ``load_flat``).
     A file converted with only some parts (``dreamzero-convert --parts``) records the parts it left out;
     loading it needs ``allow_missing=True`` and the error says so.
     """
@@ -240,5 +270,4 @@ def load_weights(model: nnx.Module, path: str | Path, *, allow_missing: bool = F
                 f"{path} was converted without the parts [{left_out}]; load it with allow_missing=True "
                 "and provide those weights another way, or convert again with every part"
             )
-        flat = {k: r.read(k) for k in r.keys()}
-    load_flat(model, flat, allow_missing=allow_missing)
+        load_flat(model, _StoredTensors(r), allow_missing=allow_missing, device_of=device_of)

@@ -40,7 +40,6 @@ def bench_chunks(policy: DreamZeroJaxPolicy, frame: np.ndarray) -> list[tuple[in
     b = frame.shape[0]
     fns = runner._fns(b, frame)
     spec = runner.spec(b)
-    g = runner.graphdef
     dc = model.cfg.dit
     text = runner._encoded_text(fns, ("move to the red target",) * b)
     if spec.branches == 2:
@@ -58,7 +57,7 @@ def bench_chunks(policy: DreamZeroJaxPolicy, frame: np.ndarray) -> list[tuple[in
 
         @jax.jit
         def plan_full(p, s, ctx, start=start):
-            m = nnx.merge(g, p)
+            m = runner.bind(p)
             nb = spec.branches
             key_v, key_a = jax.random.split(jax.random.key(0))
             noise = (jax.random.normal(key_v, (b, dc.frames_per_block, *spec.latent_hw, dc.out_dim)),

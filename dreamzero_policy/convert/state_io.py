@@ -7,7 +7,7 @@ wrongly-shaped entries by name in one error instead of loading silently wrong we
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +24,14 @@ def path_str(path: tuple) -> str:
 
 
 def flat_params(model: nnx.Module) -> dict[str, jax.Array]:
-    return {path_str(p): v[...] for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    """{path: array}; ShapeDtypeStructs for an abstract (``nnx.eval_shape``) model."""
+    return {path_str(p): v.get_value() for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def _shape(given: Mapping[str, np.ndarray], key: str) -> tuple[int, ...]:
+    """A lazy mapping (weights_io) answers shapes from its header without reading the tensor."""
+    shape = getattr(given, "shape", None)
+    return tuple(shape(key)) if callable(shape) else tuple(np.shape(given[key]))
 
 
 def check_flat(
@@ -33,9 +40,9 @@ def check_flat(
     missing = sorted(set(expected) - set(given))
     unexpected = sorted(set(given) - set(expected))
     shapes = sorted(
-        f"{k}: expected {tuple(expected[k])}, got {tuple(np.shape(given[k]))}"
+        f"{k}: expected {tuple(expected[k])}, got {_shape(given, k)}"
         for k in set(expected) & set(given)
-        if tuple(expected[k]) != tuple(np.shape(given[k]))
+        if tuple(expected[k]) != _shape(given, k)
     )
     problems = []
     if missing and not allow_missing:
@@ -48,13 +55,28 @@ def check_flat(
         raise StateMismatchError("parameter mismatch; " + "; ".join(problems))
 
 
-def load_flat(model: nnx.Module, flat: Mapping[str, np.ndarray], *, allow_missing: bool = False) -> None:
-    """Write ``flat`` into ``model`` in place, keeping each parameter's dtype. Strict by default."""
+def load_flat(
+    model: nnx.Module,
+    flat: Mapping[str, np.ndarray],
+    *,
+    allow_missing: bool = False,
+    device_of: Callable[[str], jax.Device | None] | None = None,
+) -> None:
+    """Write ``flat`` into ``model`` in place, each tensor cast to its parameter's dtype. Strict by default.
+
+    ``model`` may be abstract (``nnx.eval_shape``): then nothing was allocated before and each tensor goes
+    straight to ``device_of(path)`` (JAX's default device when None) in the parameter's dtype, so a bf16
+    file loaded into a bf16 model is never widened. ``flat`` is read one key at a time, so a lazy mapping
+    keeps one tensor in host memory.
+    """
     state = nnx.state(model, nnx.Param)
     items = nnx.to_flat_state(state)
-    check_flat({path_str(p): v[...].shape for p, v in items}, flat, allow_missing=allow_missing)
+    check_flat({path_str(p): v.get_value().shape for p, v in items}, flat, allow_missing=allow_missing)
     for p, var in items:
         key = path_str(p)
         if key in flat:
-            var.set_value(jnp.asarray(flat[key], dtype=var[...].dtype))
+            host = np.asarray(flat[key])
+            want = np.dtype(var.get_value().dtype)
+            device = device_of(key) if device_of is not None else None
+            var.set_value(jax.device_put(host if host.dtype == want else host.astype(want), device))
     nnx.update(model, state)

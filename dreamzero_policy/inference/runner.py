@@ -55,6 +55,8 @@ class RolloutRunner:
     def __post_init__(self) -> None:
         self.tokenizer = make_tokenizer(self.model.cfg, self.config.tokenizer_dir)
         self.device = self.device or jax.devices()[0]
+        # umT5 runs once per task; on the host it keeps its weights (11 GB at 14B in bf16) off the device.
+        self.text_device = jax.devices("cpu")[0] if self.config.text_encoder_on_host else self.device
         self.set_params(self.model)
         c = self.config
         mask = [True] * c.num_inference_steps if c.dit_steps is None else [
@@ -64,12 +66,23 @@ class RolloutRunner:
         self.dit_mask = tuple(mask)
 
     def set_params(self, model: DreamZeroModel) -> None:
-        """Use ``model``'s weights; they are placed on ``device`` (executables follow their arguments)."""
+        """Use ``model``'s weights: the text encoder's on ``text_device``, the rest on ``device``
+        (executables follow their arguments). Arrays already in place are not copied."""
         self.model = model
-        self.graphdef, params = nnx.split(model)
-        self.params = jax.device_put(params, self.device)
+        self.graphdef, text, rest = nnx.split(model, nnx.PathContains("text_encoder"), ...)
+        # The rollout never runs umT5: it is merged back as shapes only, so its weights are not arguments.
+        self._text_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), text)
+        self.params = jax.device_put(rest, self.device)
+        self.text_graphdef, text_params = nnx.split(model.text_encoder)
+        self.text_params = jax.device_put(text_params, self.text_device)
+        nnx.update(model, self.params)  # the model holds the placed arrays: one copy of each weight
+        nnx.update(model.text_encoder, self.text_params)
         self._text_cache.clear()  # umT5 states of the old weights
         self.reset()
+
+    def bind(self, params: nnx.State) -> DreamZeroModel:
+        """The model with ``params`` (everything but umT5), for use inside a traced function."""
+        return nnx.merge(self.graphdef, self._text_shapes, params)
 
     # ------------------------------------------------------------------ context
     def reset(self) -> None:
@@ -97,11 +110,11 @@ class RolloutRunner:
         if batch in self._compiled:
             return self._compiled[batch]
         spec = self.spec(batch)
-        g = self.graphdef
-        m = lambda p: nnx.merge(g, p)
-        ids, mask = (jax.device_put(np.asarray(a), self.device) for a in self.tokenizer([""] * batch))
-        text_fn = _compile(lambda p, i, k: m(p).encode_text(i, k), self.params, ids, mask)
-        text = text_fn(self.params, ids, mask)
+        m = self.bind
+        tg = self.text_graphdef
+        ids, mask = (jax.device_put(np.asarray(a), self.text_device) for a in self.tokenizer([""] * batch))
+        text_fn = _compile(lambda p, i, k: nnx.merge(tg, p).encode_prompts(i, k), self.text_params, ids, mask)
+        text = jax.device_put(text_fn(self.text_params, ids, mask), self.device)
 
         f0 = jax.device_put(frame, self.device)
         both = jnp.concatenate([text] * spec.branches)
@@ -132,8 +145,8 @@ class RolloutRunner:
         if tasks in self._text_cache:
             self._text_cache.move_to_end(tasks)
             return self._text_cache[tasks]
-        ids, mask = self.tokenizer(list(tasks))
-        self._text_cache[tasks] = fns.encode_text(self.params, np.asarray(ids), np.asarray(mask))
+        ids, mask = (jax.device_put(np.asarray(a), self.text_device) for a in self.tokenizer(list(tasks)))
+        self._text_cache[tasks] = jax.device_put(fns.encode_text(self.text_params, ids, mask), self.device)
         while len(self._text_cache) > TEXT_CACHE_SIZE:
             self._text_cache.popitem(last=False)
         return self._text_cache[tasks]

@@ -22,16 +22,18 @@ class CategorySpecificLinear(nnx.Module):
     def __call__(self, x: jax.Array, cat_ids: jax.Array) -> jax.Array:
         """x (B, T, in), cat_ids (B,) int -> (B, T, out)."""
         w = self.W[...][cat_ids].astype(x.dtype)
-        b = self.b[...][cat_ids].astype(x.dtype)
-        return jnp.einsum("bti,bio->bto", x, w) + b[:, None, :]
+        b = self.b[...][cat_ids].astype(jnp.float32)
+        y = jnp.einsum("bti,bio->bto", x, w, preferred_element_type=jnp.float32) + b[:, None, :]
+        return y.astype(x.dtype)
 
 
 class CategorySpecificMLP(nnx.Module):
     """layer1 -> ReLU -> layer2 (state encoder and action decoder)."""
 
-    def __init__(self, num_categories: int, in_dim: int, hidden: int, out_dim: int, *, rngs: nnx.Rngs):
-        self.layer1 = CategorySpecificLinear(num_categories, in_dim, hidden, rngs=rngs)
-        self.layer2 = CategorySpecificLinear(num_categories, hidden, out_dim, rngs=rngs)
+    def __init__(self, num_categories: int, in_dim: int, hidden: int, out_dim: int, *, rngs: nnx.Rngs,
+                 param_dtype=jnp.float32):
+        self.layer1 = CategorySpecificLinear(num_categories, in_dim, hidden, rngs=rngs, param_dtype=param_dtype)
+        self.layer2 = CategorySpecificLinear(num_categories, hidden, out_dim, rngs=rngs, param_dtype=param_dtype)
 
     def __call__(self, x: jax.Array, cat_ids: jax.Array) -> jax.Array:
         return self.layer2(jax.nn.relu(self.layer1(x, cat_ids)), cat_ids)
@@ -40,11 +42,12 @@ class CategorySpecificMLP(nnx.Module):
 class MultiEmbodimentActionEncoder(nnx.Module):
     """W1(action) ++ sin/cos(t) -> W2 -> swish -> W3, per embodiment."""
 
-    def __init__(self, action_dim: int, dim: int, num_categories: int, *, rngs: nnx.Rngs):
+    def __init__(self, action_dim: int, dim: int, num_categories: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.dim = dim
-        self.W1 = CategorySpecificLinear(num_categories, action_dim, dim, rngs=rngs)
-        self.W2 = CategorySpecificLinear(num_categories, 2 * dim, dim, rngs=rngs)
-        self.W3 = CategorySpecificLinear(num_categories, dim, dim, rngs=rngs)
+        kw = dict(rngs=rngs, param_dtype=param_dtype)
+        self.W1 = CategorySpecificLinear(num_categories, action_dim, dim, **kw)
+        self.W2 = CategorySpecificLinear(num_categories, 2 * dim, dim, **kw)
+        self.W3 = CategorySpecificLinear(num_categories, dim, dim, **kw)
 
     def __call__(self, actions: jax.Array, timesteps: jax.Array, cat_ids: jax.Array) -> jax.Array:
         """actions (B, T, action_dim), timesteps (B, T) -> (B, T, dim)."""

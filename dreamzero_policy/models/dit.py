@@ -24,6 +24,7 @@ from dreamzero_policy.models.action_tokens import (
 from dreamzero_policy.models.dit_block import AttentionBlock, CrossKV
 from dreamzero_policy.nn import masks
 from dreamzero_policy.nn.embeddings import timestep_embedding
+from dreamzero_policy.nn.linear import Dense
 from dreamzero_policy.nn.norms import LayerNorm
 from dreamzero_policy.nn.rope import RopeTables
 
@@ -54,7 +55,9 @@ class DiTConfig:
     # execution
     remat: bool = False
     attention: str = "xla"
-    dtype: str = "float32"  # compute dtype; parameters stay float32
+    dtype: str = "float32"  # compute dtype of the matmuls (fp32 accumulation); norms, modulation, RoPE,
+    # softmax, the timestep embedding, the head and the residual stream always run in float32
+    param_dtype: str = "float32"  # storage of the matmul weights; norm scales and modulation stay float32
 
     @property
     def head_dim(self) -> int:
@@ -87,10 +90,10 @@ class Register(NamedTuple):
 class MLPProj(nnx.Module):
     """img_emb: LayerNorm, Linear, GELU, Linear, LayerNorm (CLIP tokens -> model width)."""
 
-    def __init__(self, in_dim: int, out_dim: int, *, rngs: nnx.Rngs):
+    def __init__(self, in_dim: int, out_dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
         self.proj_0 = LayerNorm(in_dim, eps=1e-5)
-        self.proj_1 = nnx.Linear(in_dim, in_dim, rngs=rngs)
-        self.proj_3 = nnx.Linear(in_dim, out_dim, rngs=rngs)
+        self.proj_1 = Dense(in_dim, in_dim, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.proj_3 = Dense(in_dim, out_dim, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.proj_4 = LayerNorm(out_dim, eps=1e-5)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -98,16 +101,18 @@ class MLPProj(nnx.Module):
 
 
 class Head(nnx.Module):
-    def __init__(self, dim: int, out_features: int, eps: float, *, rngs: nnx.Rngs):
+    """Runs in float32 whatever the weights' storage (the reference's head is under fp32 autocast)."""
+
+    def __init__(self, dim: int, out_features: int, eps: float, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.norm = LayerNorm(dim, eps=eps, affine=False)
-        self.head = nnx.Linear(dim, out_features, rngs=rngs)
+        self.head = Dense(dim, out_features, rngs=rngs, param_dtype=param_dtype)
         self.modulation = nnx.Param(jax.random.normal(rngs.params(), (1, 2, dim)) / dim**0.5)
 
     def __call__(self, x: jax.Array, e: jax.Array) -> jax.Array:
         """x (B, L, dim), e (B, L, dim) time embedding of each token."""
         m = self.modulation[...][:, None] + e.astype(jnp.float32)[:, :, None]  # (B, L, 2, dim)
         h = self.norm(x).astype(jnp.float32) * (1 + m[:, :, 1]) + m[:, :, 0]
-        return self.head(h.astype(x.dtype))
+        return self.head(h)
 
 
 class CausalWanDiT(nnx.Module):
@@ -115,28 +120,33 @@ class CausalWanDiT(nnx.Module):
         cfg.validate()
         self.cfg = cfg
         d = cfg.dim
+        dt, pdt = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        kw = dict(rngs=rngs, dtype=dt, param_dtype=pdt)
         self.patch_embedding = nnx.Conv(
-            cfg.in_dim, d, kernel_size=cfg.patch_size, strides=cfg.patch_size, padding="VALID", rngs=rngs
+            cfg.in_dim, d, kernel_size=cfg.patch_size, strides=cfg.patch_size, padding="VALID",
+            preferred_element_type=jnp.float32, **kw
         )
-        self.text_embedding_0 = nnx.Linear(cfg.text_dim, d, rngs=rngs)
-        self.text_embedding_2 = nnx.Linear(d, d, rngs=rngs)
-        self.time_embedding_0 = nnx.Linear(cfg.freq_dim, d, rngs=rngs)
-        self.time_embedding_2 = nnx.Linear(d, d, rngs=rngs)
-        self.time_projection_1 = nnx.Linear(d, 6 * d, rngs=rngs)
+        self.text_embedding_0 = Dense(cfg.text_dim, d, **kw)
+        self.text_embedding_2 = Dense(d, d, **kw)
+        f32 = dict(rngs=rngs, param_dtype=pdt)  # the timestep embedding runs in float32 (reference)
+        self.time_embedding_0 = Dense(cfg.freq_dim, d, **f32)
+        self.time_embedding_2 = Dense(d, d, **f32)
+        self.time_projection_1 = Dense(d, 6 * d, **f32)
         if cfg.has_image:
-            self.img_emb = MLPProj(cfg.image_dim, d, rngs=rngs)
+            self.img_emb = MLPProj(cfg.image_dim, d, **kw)
 
         @nnx.split_rngs(splits=cfg.num_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0)
         def make_blocks(r: nnx.Rngs) -> AttentionBlock:
-            return AttentionBlock(d, cfg.ffn_dim, cfg.num_heads, cfg.eps, cfg.has_image, rngs=r)
+            return AttentionBlock(d, cfg.ffn_dim, cfg.num_heads, cfg.eps, cfg.has_image, rngs=r, dtype=dt,
+                                  param_dtype=pdt)
 
         self.blocks = make_blocks(rngs)
-        self.head = Head(d, math.prod(cfg.patch_size) * cfg.out_dim, cfg.eps, rngs=rngs)
-        ne = cfg.num_embodiments
-        self.state_encoder = CategorySpecificMLP(ne, cfg.state_dim, cfg.register_hidden, d, rngs=rngs)
-        self.action_encoder = MultiEmbodimentActionEncoder(cfg.action_dim, d, ne, rngs=rngs)
-        self.action_decoder = CategorySpecificMLP(ne, d, cfg.register_hidden, cfg.action_dim, rngs=rngs)
+        self.head = Head(d, math.prod(cfg.patch_size) * cfg.out_dim, cfg.eps, rngs=rngs, param_dtype=pdt)
+        ne, rk = cfg.num_embodiments, dict(rngs=rngs, param_dtype=pdt)
+        self.state_encoder = CategorySpecificMLP(ne, cfg.state_dim, cfg.register_hidden, d, **rk)
+        self.action_encoder = MultiEmbodimentActionEncoder(cfg.action_dim, d, ne, **rk)
+        self.action_decoder = CategorySpecificMLP(ne, d, cfg.register_hidden, cfg.action_dim, **rk)
 
     # ----------------------------------------------------------------------------------- pieces
     @property
@@ -149,7 +159,7 @@ class CausalWanDiT(nnx.Module):
 
     def patchify(self, latents: jax.Array) -> tuple[jax.Array, tuple[int, int, int]]:
         """(B, F, H, W, C) -> tokens (B, F*h*w, dim) and the (F, h, w) grid."""
-        x = self.patch_embedding(latents.astype(self.compute_dtype))
+        x = self.patch_embedding(latents.astype(self.compute_dtype)).astype(self.compute_dtype)
         b, f, h, w, d = x.shape
         return x.reshape(b, f * h * w, d), (f, h, w)
 
@@ -162,8 +172,8 @@ class CausalWanDiT(nnx.Module):
         return x.reshape(x.shape[0], f * pt, h * ph, w * pw, c)
 
     def time_embed(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Timestep values (...,) -> (e (..., dim), e0 (..., 6, dim))."""
-        h = timestep_embedding(t, self.cfg.freq_dim).astype(self.compute_dtype)
+        """Timestep values (...,) -> float32 (e (..., dim), e0 (..., 6, dim))."""
+        h = timestep_embedding(t, self.cfg.freq_dim)
         e = self.time_embedding_2(jax.nn.silu(self.time_embedding_0(h)))
         e0 = self.time_projection_1(jax.nn.silu(e))
         return e, e0.reshape(*e0.shape[:-1], 6, self.cfg.dim)
@@ -209,7 +219,8 @@ class CausalWanDiT(nnx.Module):
         """Scan the stacked blocks. ``cross`` is precomputed per-layer CrossKV or (text_ctx, img_ctx).
 
         ``prefix_kv`` holds layer-major cached keys/values (num_layers, B, Lc, H, D). Returns x and the
-        layer-major RoPE'd keys/values of these tokens, ready to append to a cache.
+        layer-major RoPE'd keys/values of these tokens, ready to append to a cache. x leaves in float32
+        (the residual stream).
         """
         graphdef, state = nnx.split(self.blocks)
         precomputed = isinstance(cross, CrossKV)
@@ -225,7 +236,7 @@ class CausalWanDiT(nnx.Module):
         if self.cfg.remat:
             body = jax.checkpoint(body, prevent_cse=False)
         xs = (state, cross if precomputed else None, prefix_kv)
-        return jax.lax.scan(body, x, xs)
+        return jax.lax.scan(body, x.astype(jnp.float32), xs)
 
     def decode_video(self, x: jax.Array, e: jax.Array, grid: tuple[int, int, int]) -> jax.Array:
         return self.unpatchify(self.head(x, e).astype(jnp.float32), grid)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dreamzero_policy.nn.attention import attention
+from dreamzero_policy.nn.linear import Dense
 from dreamzero_policy.nn.norms import LayerNorm, RMSNorm
 from dreamzero_policy.nn.rope import apply_rope
 
@@ -32,9 +33,10 @@ def split_heads(x: jax.Array, num_heads: int) -> jax.Array:
 
 
 class SelfAttention(nnx.Module):
-    def __init__(self, dim: int, num_heads: int, eps: float, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    def __init__(self, dim: int, num_heads: int, eps: float, *, rngs: nnx.Rngs, dtype=jnp.float32,
+                 param_dtype=jnp.float32):
         self.num_heads = num_heads
-        lin = lambda: nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
+        lin = lambda: Dense(dim, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.q, self.k, self.v, self.o = lin(), lin(), lin(), lin()
         self.norm_q = RMSNorm(dim, eps=eps)
         self.norm_k = RMSNorm(dim, eps=eps)
@@ -48,10 +50,11 @@ class SelfAttention(nnx.Module):
 class CrossAttention(nnx.Module):
     """Text cross-attention, plus a separate image branch (k_img/v_img) whose output is summed (I2V)."""
 
-    def __init__(self, dim: int, num_heads: int, eps: float, image: bool, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    def __init__(self, dim: int, num_heads: int, eps: float, image: bool, *, rngs: nnx.Rngs, dtype=jnp.float32,
+                 param_dtype=jnp.float32):
         self.num_heads = num_heads
         self.image = image
-        lin = lambda: nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
+        lin = lambda: Dense(dim, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.q, self.k, self.v, self.o = lin(), lin(), lin(), lin()
         self.norm_q = RMSNorm(dim, eps=eps)
         self.norm_k = RMSNorm(dim, eps=eps)
@@ -79,15 +82,20 @@ class CrossAttention(nnx.Module):
 
 
 class AttentionBlock(nnx.Module):
+    """Matmul weights are stored in ``param_dtype`` and multiply in ``dtype`` (fp32 accumulation); norms,
+    modulation, RoPE and the residual/gate arithmetic stay float32 as in the reference."""
+
     def __init__(self, dim: int, ffn_dim: int, num_heads: int, eps: float, image: bool, *, rngs: nnx.Rngs,
-                 dtype=jnp.float32):
+                 dtype=jnp.float32, param_dtype=jnp.float32):
+        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.dtype = jnp.dtype(dtype)
         self.norm1 = LayerNorm(dim, eps=eps, affine=False)
-        self.self_attn = SelfAttention(dim, num_heads, eps, rngs=rngs, dtype=dtype)
+        self.self_attn = SelfAttention(dim, num_heads, eps, **kw)
         self.norm3 = LayerNorm(dim, eps=eps, affine=True)
-        self.cross_attn = CrossAttention(dim, num_heads, eps, image, rngs=rngs, dtype=dtype)
+        self.cross_attn = CrossAttention(dim, num_heads, eps, image, **kw)
         self.norm2 = LayerNorm(dim, eps=eps, affine=False)
-        self.ffn_0 = nnx.Linear(dim, ffn_dim, dtype=dtype, rngs=rngs)
-        self.ffn_2 = nnx.Linear(ffn_dim, dim, dtype=dtype, rngs=rngs)
+        self.ffn_0 = Dense(dim, ffn_dim, **kw)
+        self.ffn_2 = Dense(ffn_dim, dim, **kw)
         self.modulation = nnx.Param(jax.random.normal(rngs.params(), (1, 6, dim)) / dim**0.5)
 
     def __call__(
@@ -101,16 +109,17 @@ class AttentionBlock(nnx.Module):
         prefix_kv: tuple[jax.Array, jax.Array] | None = None,
         implementation: str = "xla",
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        """x (B, L, dim); e0 (B, L, 6, dim) per-token modulation; rope cos/sin (L, head_dim/2).
+        """x (B, L, dim) float32 residual stream; e0 (B, L, 6, dim) per-token modulation; rope cos/sin (L, head_dim/2).
 
         ``prefix_kv`` = cached (RoPE'd) keys/values (B, Lc, H, D) placed before this call's own keys;
         ``mask`` (Lq, Lc + L) then covers both. Returns the new x and this call's (RoPE'd k, v).
         """
         e = (self.modulation[...][:, None] + e0.astype(jnp.float32))  # (B, L, 6, dim)
         shift1, scale1, gate1, shift2, scale2, gate2 = (e[:, :, i] for i in range(6))
-        dt = x.dtype
+        dt = self.dtype
+        x = x.astype(jnp.float32)  # the residual stream stays float32 (Wan adds under fp32 autocast)
 
-        h = (self.norm1(x).astype(jnp.float32) * (1 + scale1) + shift1).astype(dt)
+        h = (self.norm1(x) * (1 + scale1) + shift1).astype(dt)
         q, k, v = self.self_attn.qkv(h, *rope)
         k_all, v_all = k, v
         if prefix_kv is not None:
@@ -118,11 +127,11 @@ class AttentionBlock(nnx.Module):
             v_all = jnp.concatenate([prefix_kv[1].astype(v.dtype), v], axis=1)
         y = attention(q, k_all, v_all, mask=mask, implementation=implementation)
         y = self.self_attn.o(y.reshape(*x.shape[:2], -1))
-        x = (x.astype(jnp.float32) + y.astype(jnp.float32) * gate1).astype(dt)
+        x = x + y.astype(jnp.float32) * gate1
 
-        x = x + self.cross_attn(self.norm3(x), cross_kv, implementation)
+        x = x + self.cross_attn(self.norm3(x).astype(dt), cross_kv, implementation).astype(jnp.float32)
 
-        h = (self.norm2(x).astype(jnp.float32) * (1 + scale2) + shift2).astype(dt)
+        h = (self.norm2(x) * (1 + scale2) + shift2).astype(dt)
         y = self.ffn_2(jax.nn.gelu(self.ffn_0(h), approximate=True))
-        x = (x.astype(jnp.float32) + y.astype(jnp.float32) * gate2).astype(dt)
+        x = x + y.astype(jnp.float32) * gate2
         return x, (k, v)

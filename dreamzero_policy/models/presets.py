@@ -10,10 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import jax.numpy as jnp
+
 from dreamzero_policy.models.dit import DiTConfig
 from dreamzero_policy.models.image_encoder import ImageEncoderConfig
 from dreamzero_policy.models.text_encoder import TextEncoderConfig
 from dreamzero_policy.models.vae import VAEConfig
+
+
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,16 @@ class ModelConfig:
     def cond_channels(self) -> int:
         """Channels of the first-frame conditioning y (4-channel mask + VAE latent) when concatenated."""
         return 4 + self.vae.z_dim if self.dit.concat_first_frame_latent else 0
+
+    def with_dtype(self, dtype: str, *, master_weights: bool = False) -> ModelConfig:
+        """Store and compute the DiT, umT5 and CLIP in ``dtype``; the VAE stays float32 (as Wan keeps it).
+        ``master_weights``: the DiT's weights stay float32 and only its compute is ``dtype`` (training)."""
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        jdt = jnp.dtype(dtype)
+        dit = replace(self.dit, dtype=dtype, param_dtype="float32" if master_weights else dtype)
+        return replace(self, dit=dit, text=replace(self.text, dtype=jdt, param_dtype=jdt),
+                       image=replace(self.image, dtype=jdt, param_dtype=jdt))
 
     def validate(self) -> None:
         d = self.dit

@@ -31,7 +31,7 @@ from dreamzero_policy.convert.state_io import flat_params, load_flat
 from dreamzero_policy.inference.device import device_name_of_backend
 from dreamzero_policy.models.world_model import DreamZeroModel
 from dreamzero_policy.training.config import TrainConfig
-from dreamzero_policy.weights_io import WEIGHTS_NAME, read_weights, save_weights
+from dreamzero_policy.weights_io import WEIGHTS_NAME, read_weights, save_flat
 
 CATEGORY_PREFIXES = ("dit/state_encoder/", "dit/action_encoder/", "dit/action_decoder/")
 
@@ -65,10 +65,10 @@ def build_model(cfg: TrainConfig) -> DreamZeroModel:
     ``--policy.num_embodiments``) or a seeded random init of ``--policy.preset``."""
     policy = cfg.policy
     if not policy.pretrained_path:
-        return DreamZeroModel(policy.model_config(), rngs=nnx.Rngs(cfg.seed))
+        return DreamZeroModel(policy.model_config(master_weights=True), rngs=nnx.Rngs(cfg.seed))
     path = Path(policy.pretrained_path)
     saved = load_pretrained_config(path).model_config()
-    mc = policy.model_config()
+    mc = policy.model_config(master_weights=True)
     if saved.name != mc.name:
         raise ValueError(f"--policy.path {path} is preset {saved.name!r}; the run asks for {mc.name!r}")
     for name in ("action_dim", "state_dim"):
@@ -120,7 +120,11 @@ def export_pretrained(output_dir: str | Path, export_to: str | Path, step: int |
     policy = replace(cfg.policy, num_embodiments=model.cfg.dit.num_embodiments, action_dim=model.cfg.dit.action_dim,
                      state_dim=model.cfg.dit.state_dim, device=device_name_of_backend(), pretrained_path=None)
     policy._save_pretrained(export_to)
-    save_weights(model, export_to / WEIGHTS_NAME)
+    # Stored as the policy runs (a bf16 policy gets bf16 DiT/umT5/CLIP weights), not as trained (fp32 masters).
+    runs_as = nnx.eval_shape(lambda: DreamZeroModel(policy.model_config(), rngs=nnx.Rngs(0)))
+    dtypes = {k: v.dtype for k, v in flat_params(runs_as).items()}
+    save_flat({k: np.asarray(jax.device_get(v)).astype(dtypes[k]) for k, v in flat_params(model).items()},
+              export_to / WEIGHTS_NAME)
     stats = {
         k: {s: torch.as_tensor(v) for s, v in d.items()} for k, d in stats_from_json(meta["stats"]).items()
     }

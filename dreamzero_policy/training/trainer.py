@@ -18,6 +18,7 @@ import optax
 from flax import nnx, traverse_util
 from jax.sharding import Mesh
 
+from dreamzero_policy.models.dit import CausalWanDiT
 from dreamzero_policy.models.world_model import DreamZeroModel
 from dreamzero_policy.schedulers.flow_matching import FlowMatchSchedule
 from dreamzero_policy.training.config import TrainConfig
@@ -74,10 +75,17 @@ class DiTTrainer:
     ):
         self.cfg, self.mesh = cfg, mesh
         self.schedule = schedule or FlowMatchSchedule()
-        dit_cfg = replace(model.dit.cfg, dtype=cfg.policy.dtype, remat=cfg.remat)
+        if model.dit.cfg.dtype != cfg.policy.dtype:
+            raise ValueError(f"the model computes in {model.dit.cfg.dtype}, the run asks for {cfg.policy.dtype}: "
+                             "build it with policy.model_config(master_weights=True)")
+        dit_cfg = replace(model.dit.cfg, remat=cfg.remat)
         model.dit.cfg = dit_cfg
         self.graphdef, params, self.rest = nnx.split(model.dit, nnx.Param, ...)
         flat = flatten(nnx.to_pure_dict(params))
+        # fp32 master weights; the forward sees each weight in the dtype inference stores it in (bf16 matmul
+        # weights, fp32 norms and modulation), so FSDP gathers move half the bytes.
+        runs_as = nnx.eval_shape(lambda: CausalWanDiT(replace(dit_cfg, param_dtype=dit_cfg.dtype), rngs=nnx.Rngs(0)))
+        self._run_dtypes = {k: v.dtype for k, v in flatten(nnx.to_pure_dict(nnx.state(runs_as, nnx.Param))).items()}
         self.lora_scale = cfg.lora.alpha / cfg.lora.rank if cfg.lora.rank > 0 else 0.0
         if cfg.lora.rank > 0:
             train_keys = [k for k in flat if k.startswith(REGISTER_PREFIXES)]
@@ -126,17 +134,12 @@ class DiTTrainer:
         return jax.tree_util.tree_map_with_path(pick, jax.eval_shape(self.tx.init, self.trainable0))
 
     def assemble(self, trainable: Mapping, frozen: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-        """Flat DiT params for the forward: frozen + trainable, LoRA merged, cast to the compute dtype."""
+        """Flat DiT params for the forward: frozen + trainable, LoRA merged, each in its inference dtype."""
         params = {**frozen, **flatten(trainable["params"])}
         lora = flatten(trainable["lora"]) if trainable["lora"] else {}
         if lora:
             params = merge_lora(params, lora, self.lora_scale)
-        if self.cfg.policy.dtype != "float32":
-            dt = jnp.dtype(self.cfg.policy.dtype)
-            params = {
-                k: (v.astype(dt) if jnp.issubdtype(v.dtype, jnp.floating) else v) for k, v in params.items()
-            }
-        return params
+        return {k: v.astype(self._run_dtypes[k]) for k, v in params.items()}
 
     def merged_params(self, state: Mapping) -> dict[str, np.ndarray]:
         """fp32 flat DiT params with LoRA folded in (what an exported policy loads)."""

@@ -173,7 +173,7 @@ def fit_vae(cfg: VAEFitConfig) -> dict:
     cfg.policy.validate_features()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = DreamZeroModel(cfg.policy.model_config(), rngs=nnx.Rngs(cfg.seed))
+    model = DreamZeroModel(cfg.policy.model_config(master_weights=True), rngs=nnx.Rngs(cfg.seed))
     source = ClipSource(cfg, model)
     graphdef, params = nnx.split(model.vae, nnx.Param)
     schedule = optax.cosine_decay_schedule(cfg.lr, cfg.steps, alpha=0.1)
