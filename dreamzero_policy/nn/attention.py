@@ -7,6 +7,7 @@ Layout is (batch, tokens, heads, head_dim) everywhere. The ``"xla"`` entry is th
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -48,10 +49,77 @@ def dense_attention(
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
+def _to_bnts(x: jax.Array | None, q: jax.Array, k: jax.Array) -> jax.Array | None:
+    """Our mask/bias (any shape broadcastable to (B, H, Tq, Tk), e.g. (Tq, Tk) or a key row (1, Tk)) as the
+    4-D (B|1, H|1, Tq, Tk) array jax.nn.dot_product_attention takes: it wants rank 4, and cuDNN turns the
+    mask into a bias whose last two dims must be exactly (Tq, Tk), so rows/columns are broadcast out."""
+    if x is None:
+        return None
+    x = jnp.asarray(x)
+    if x.ndim > 4:
+        raise ValueError(f"mask/bias must have at most 4 dims (B, H, Tq, Tk), got shape {x.shape}")
+    x = x.reshape((1,) * (4 - x.ndim) + x.shape)
+    full = (q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+    if any(m not in (1, n) for m, n in zip(x.shape, full, strict=True)):
+        raise ValueError(f"mask/bias {x.shape} does not broadcast to (B, H, Tq, Tk) = {full}")
+    return jnp.broadcast_to(x, x.shape[:2] + full[2:])
+
+
+def sdpa_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    scale: float | None = None,
+    implementation: Literal["xla", "cudnn"] | None = None,
+    compute_dtype: jnp.dtype | None = None,
+) -> jax.Array:
+    """jax.nn.dot_product_attention with our mask/bias conventions; output in q's dtype.
+
+    ``compute_dtype`` casts q/k/v (and bias) first. The ``"cudnn"`` kernel is this with
+    implementation="cudnn"; on CPU the same adapter runs with implementation="xla" (tested).
+    """
+    out_dtype = q.dtype
+    if compute_dtype is not None:
+        q, k, v = (x.astype(compute_dtype) for x in (q, k, v))
+    mask = _to_bnts(None if mask is None else jnp.asarray(mask, bool), q, k)
+    bias = _to_bnts(None if bias is None else jnp.asarray(bias, q.dtype), q, k)
+    out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale, implementation=implementation)
+    return out.astype(out_dtype)
+
+
 @register_kernel("cudnn")
-def cudnn_attention(q, k, v, *, mask=None, bias=None, scale=None) -> jax.Array:
-    """cuDNN flash attention (GPU only, bf16/fp16 inputs)."""
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale, implementation="cudnn")
+def cudnn_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    scale: float | None = None,
+) -> jax.Array:
+    """cuDNN flash attention (GPU only). cuDNN takes only bf16/fp16: other dtypes (fp32) are cast to bf16
+    for the kernel and the output is cast back, so an fp32 model loses precision inside attention."""
+    dt = q.dtype if q.dtype in (jnp.bfloat16, jnp.float16) else jnp.bfloat16
+    return sdpa_attention(q, k, v, mask=mask, bias=bias, scale=scale, implementation="cudnn", compute_dtype=dt)
+
+
+@register_kernel("splash")
+def splash_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    scale: float | None = None,
+) -> jax.Array:
+    """TPU splash attention (Pallas; interpret mode off TPU). Masks: see dreamzero_policy.nn.splash; no bias."""
+    from dreamzero_policy.nn import splash  # lazy: the Pallas TPU import is slow
+
+    return splash.splash_attention(q, k, v, mask=mask, bias=bias, scale=scale)
 
 
 def attention(
