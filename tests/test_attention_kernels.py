@@ -3,7 +3,8 @@
 - ``"splash"``: JAX's TPU Pallas splash kernel, run here in Pallas interpret mode (the same kernel body,
   evaluated by XLA on CPU), forward and backward;
 - the ``jax.nn.dot_product_attention`` adapter behind ``"cudnn"``: run here with its XLA backend (cuDNN
-  itself needs a GPU; the GPU-only test below is skipped on CPU).
+  itself needs a GPU: its test carries the ``gpu`` marker, deselected by default; run it with ``-m gpu`` on a
+  GPU machine).
 
 Tolerance: float32 everywhere; the kernels differ from the reference only in summation order (online
 softmax over 128-key blocks), ~1e-6 observed, so ATOL = 2e-5.
@@ -184,8 +185,9 @@ def test_sdpa_adapter_compute_dtype_and_errors(tf_mask):
         sdpa_attention(q, k, v, mask=tf_mask[:10], implementation="xla")
 
 
-@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN needs an NVIDIA GPU")
+@pytest.mark.gpu
 def test_cudnn_matches_dense(tf_mask):
+    assert jax.default_backend() == "gpu", "run the gpu marker on a machine with an NVIDIA GPU and jax[cuda12]"
     rng = np.random.default_rng(7)
     L = 64  # cuDNN with a bias (our mask) wants even lengths
     q, k, v = (_rand(rng, B, L, H, 16) for _ in range(3))

@@ -312,9 +312,10 @@ class CausalWanDiT(nnx.Module):
 
         layout = masks.teacher_forcing_layout(f, per_frame, cfg.frames_per_block, cfg.actions_per_block,
                                               cfg.states_per_block)
+        # numpy, not a jax array: under jit it stays a constant, so splash can skip fully masked blocks
         mask = masks.attention_mask(layout, layout, frames_per_block=cfg.frames_per_block,
                                     local_window_frames=cfg.local_window_frames)
-        x, _ = self.run_blocks(x, e0, jnp.asarray(rope), self.embed_context(text, clip), mask=jnp.asarray(mask))
+        x, _ = self.run_blocks(x, e0, jnp.asarray(rope), self.embed_context(text, clip), mask=mask)
 
         nv = f * per_frame
         video = self.decode_video(x[:, nv : 2 * nv], e[:, nv : 2 * nv], grid)
