@@ -102,23 +102,21 @@ def test_bf16_checkpoint_loads_as_bf16_on_its_device_and_umt5_can_stay_on_the_ho
         p.save_pretrained(path)
         with SafetensorsReader(path + "/model.safetensors") as r:
             stored = {{k: (str(r.dtype(k)), r.nbytes(k)) for k in r.keys()}}
-        for host in (False, True):
-            cfg = make_config(dtype="bfloat16", text_encoder_on_host=host)
-            cfg.device = "cpu:1"
-            q = DreamZeroJaxPolicy.from_pretrained(path, config=cfg)
-            from dreamzero_policy.convert.state_io import flat_params
-            loaded = {{k: (str(v.dtype), v.nbytes, {{d.id for d in v.devices()}}) for k, v in flat_params(q.model).items()}}
-            assert {{k: v[:2] for k, v in loaded.items()}} == stored, "dtype or bytes changed on load"
-            text_devs = set().union(*(v[2] for k, v in loaded.items() if k.startswith("text_encoder/")))
-            rest_devs = set().union(*(v[2] for k, v in loaded.items() if not k.startswith("text_encoder/")))
-            assert rest_devs == {{1}} and text_devs == ({{0}} if host else {{1}}), (host, text_devs, rest_devs)
-            assert not any(k.startswith("text_encoder/") for k in
-                           ["/".join(map(str, p)) for p, _ in jax.tree_util.tree_flatten_with_path(q.runner.params)[0]])
-            torch.manual_seed(0)
-            out = q.predict_action_chunk(obs(0)).numpy()
-            if host:
-                np.testing.assert_array_equal(out, first)
-            first = out
+        torch.manual_seed(0)
+        want = p.predict_action_chunk(obs(0)).numpy()
+        cfg = make_config(dtype="bfloat16", text_encoder_on_host=True)
+        cfg.device = "cpu:1"
+        q = DreamZeroJaxPolicy.from_pretrained(path, config=cfg)
+        from dreamzero_policy.convert.state_io import flat_params
+        loaded = {{k: (str(v.dtype), v.nbytes, {{d.id for d in v.devices()}}) for k, v in flat_params(q.model).items()}}
+        assert {{k: v[:2] for k, v in loaded.items()}} == stored, "dtype or bytes changed on load"
+        text_devs = set().union(*(v[2] for k, v in loaded.items() if k.startswith("text_encoder/")))
+        rest_devs = set().union(*(v[2] for k, v in loaded.items() if not k.startswith("text_encoder/")))
+        assert rest_devs == {{1}} and text_devs == {{0}}, (text_devs, rest_devs)
+        paths = ["/".join(map(str, p)) for p, _ in jax.tree_util.tree_flatten_with_path(q.runner.params)[0]]
+        assert paths and not any("text_encoder" in k for k in paths)
+        torch.manual_seed(0)
+        np.testing.assert_array_equal(q.predict_action_chunk(obs(0)).numpy(), want)
         print("BYTES", sum(b for _, b in stored.values()))
     """)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
