@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx, traverse_util
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 
 from dreamzero_policy.models.dit import CausalWanDiT
 from dreamzero_policy.models.world_model import DreamZeroModel
@@ -71,9 +71,13 @@ class DiTTrainer:
     """Train state + jitted step for one DreamZeroModel's DiT on a mesh."""
 
     def __init__(
-        self, model: DreamZeroModel, cfg: TrainConfig, mesh: Mesh, schedule: FlowMatchSchedule | None = None
+        self, model: DreamZeroModel, cfg: TrainConfig, mesh: Mesh, schedule: FlowMatchSchedule | None = None,
+        *, abstract: bool = False,
     ):
-        self.cfg, self.mesh = cfg, mesh
+        """``abstract``: ``model`` comes from ``nnx.eval_shape``; parameters, LoRA adapters and the state of
+        :meth:`init_state` are ``jax.ShapeDtypeStruct``s carrying their shardings, nothing is allocated, and
+        :meth:`lower_step` lowers the same SPMD step (memory and cost planning at any scale)."""
+        self.cfg, self.mesh, self.abstract = cfg, mesh, abstract
         self.schedule = schedule or FlowMatchSchedule()
         if model.dit.cfg.dtype != cfg.policy.dtype:
             raise ValueError(f"the model computes in {model.dit.cfg.dtype}, the run asks for {cfg.policy.dtype}: "
@@ -92,28 +96,38 @@ class DiTTrainer:
         else:
             train_keys = list(flat)
         self._param_sh = param_shardings(flat, mesh)
-        put = lambda d: {k: jax.device_put(v, self._param_sh[k]) for k, v in d.items()}
+        put = lambda d: {k: self._place(v, self._param_sh[k]) for k, v in d.items()}
         self.frozen = put({k: v for k, v in flat.items() if k not in set(train_keys)})
         trainable_params = put({k: flat[k] for k in train_keys})
         lora = {}
         if cfg.lora.rank > 0:
-            lora = init_lora(flat, tuple(cfg.lora.targets), cfg.lora.rank, jax.random.PRNGKey(cfg.seed + 1))
-            lora = {
-                k: jax.device_put(v, s)
-                for (k, v), s in zip(lora.items(), param_shardings(lora, mesh).values(), strict=True)
-            }
+            make = lambda: init_lora(flat, tuple(cfg.lora.targets), cfg.lora.rank, jax.random.PRNGKey(cfg.seed + 1))
+            lora = jax.eval_shape(make) if abstract else make()
+            lora = {k: self._place(v, s) for (k, v), s in zip(lora.items(), param_shardings(lora, mesh).values(), strict=True)}
         self.tx, self.lr_schedule = make_optimizer(cfg)
         self.trainable0 = {"params": unflatten(trainable_params), "lora": unflatten(lora)}
         self._step_fn = None
 
+    def _place(self, x, sharding: NamedSharding):
+        if self.abstract:
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+        return jax.device_put(x, sharding)
+
     # ------------------------------------------------------------------------------ state
     def init_state(self) -> dict:
-        opt = jax.jit(self.tx.init, out_shardings=self._opt_shardings())(self.trainable0)
+        rep = replicated(self.mesh)
+        if self.abstract:
+            opt = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                               jax.eval_shape(self.tx.init, self.trainable0), self._opt_shardings())
+            rng = jax.eval_shape(lambda: jax.random.PRNGKey(self.cfg.seed))
+        else:
+            opt = jax.jit(self.tx.init, out_shardings=self._opt_shardings())(self.trainable0)
+            rng = jax.random.PRNGKey(self.cfg.seed)
         return {
             "trainable": self.trainable0,
             "opt": opt,
-            "step": jax.device_put(jnp.zeros((), jnp.int32), replicated(self.mesh)),
-            "rng": jax.device_put(jax.random.PRNGKey(self.cfg.seed), replicated(self.mesh)),
+            "step": self._place(jax.ShapeDtypeStruct((), jnp.int32) if self.abstract else jnp.zeros((), jnp.int32), rep),
+            "rng": self._place(rng, rep),
         }
 
     def _opt_shardings(self):
@@ -175,7 +189,7 @@ class DiTTrainer:
         new = {"trainable": trainable, "opt": opt, "step": state["step"] + 1, "rng": state["rng"]}
         return new, metrics
 
-    def step(self, state: dict, batch: TrainBatch) -> tuple[dict, dict]:
+    def _jitted_step(self, state: dict, batch: TrainBatch):
         if self._step_fn is None:
             state_sh = jax.tree.map(lambda x: x.sharding, state)
             frozen_sh = {k: self._param_sh[k] for k in self.frozen}
@@ -186,7 +200,14 @@ class DiTTrainer:
                 out_shardings=(state_sh, replicated(self.mesh)),
                 donate_argnums=(0,),
             )
-        return self._step_fn(state, self.frozen, batch)
+        return self._step_fn
+
+    def step(self, state: dict, batch: TrainBatch) -> tuple[dict, dict]:
+        return self._jitted_step(state, batch)(state, self.frozen, batch)
+
+    def lower_step(self, state: dict, batch: TrainBatch) -> jax.stages.Lowered:
+        """The step lowered for (possibly abstract) ``state`` and ``batch``: ``.compile().memory_analysis()``."""
+        return self._jitted_step(state, batch).lower(state, self.frozen, batch)
 
 
 def batch_from_arrays(arrays: Mapping[str, jax.Array]) -> TrainBatch:
