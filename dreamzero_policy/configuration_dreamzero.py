@@ -81,7 +81,9 @@ class DreamZeroJaxConfig(PreTrainedConfig):
     # master weights of the DiT and computes in this dtype.
     dtype: str = "float32"
     text_encoder_on_host: bool = False  # run umT5 on the host CPU (once per task): its weights stay off the device
-    attention_impl: str = "xla"  # "xla" (dense reference), "cudnn" (GPU, computes in bf16) or "splash" (TPU)
+    # "xla" (dense reference), "xla_chunked" (dense, queries in blocks: long sequences on any backend),
+    # "cudnn" (GPU, computes in bf16) or "splash" (TPU)
+    attention_impl: str = "xla"
 
     # action chunking
     n_action_steps: int = 0  # actions executed before re-planning; 0 = the whole chunk

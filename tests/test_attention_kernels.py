@@ -233,3 +233,23 @@ def test_policy_config_rejects_unknown_kernel():
     assert DreamZeroJaxConfig(attention_impl="splash").model_config().dit.attention == "splash"
     with pytest.raises(ValueError, match="attention_impl='flash'"):
         DreamZeroJaxConfig(attention_impl="flash")
+
+
+# ---------------------------------------------------------------- query-chunked dense attention
+def test_chunked_equals_dense_for_every_mask_kind_and_its_gradient(tf_mask):
+    from dreamzero_policy.nn.chunked import chunked_attention
+
+    rng = np.random.default_rng(11)
+    L = tf_mask.shape[0]  # 50 queries in blocks of 16: the last block is padded
+    q, k, v = (_rand(rng, B, L, H, D) for _ in range(3))
+    row = jnp.asarray(rng.random((1, L)) < 0.6).at[0, 0].set(True)
+    bias = _rand(rng, 1, H, L, L)  # umT5's relative-position bias varies along the queries too
+    for kw in ({}, {"mask": tf_mask}, {"mask": jnp.asarray(tf_mask)}, {"mask": row}, {"bias": bias, "mask": row}):
+        want = attention(q, k, v, **kw)
+        _close(jax.jit(lambda q, k, v, kw=kw: chunked_attention(q, k, v, block=16, **kw))(q, k, v), want)
+        _close(attention(q, k, v, implementation="xla_chunked", **kw), want)  # one block: the dense path
+    loss = lambda fn: lambda q, k, v: jnp.sum(fn(q, k, v) ** 2)
+    dense = jax.grad(loss(lambda q, k, v: attention(q, k, v, mask=tf_mask)), argnums=(0, 1, 2))(q, k, v)
+    chunk = jax.grad(loss(lambda q, k, v: chunked_attention(q, k, v, mask=tf_mask, block=16)), argnums=(0, 1, 2))(q, k, v)
+    for g, w in zip(chunk, dense, strict=True):
+        _close(g, w, atol=1e-4)

@@ -122,6 +122,10 @@ def splash_attention(
     return splash.splash_attention(q, k, v, mask=mask, bias=bias, scale=scale)
 
 
+def _register_chunked() -> None:
+    from dreamzero_policy.nn import chunked  # noqa: F401 - registers "xla_chunked" (imports this module)
+
+
 def attention(
     q: jax.Array,
     k: jax.Array,
@@ -137,3 +141,6 @@ def attention(
     except KeyError:
         raise ValueError(f"unknown attention implementation {implementation!r}; have {available_kernels()}") from None
     return fn(q, k, v, mask=mask, bias=bias, scale=scale)
+
+
+_register_chunked()
