@@ -68,7 +68,7 @@ def markdown(rows: list[CaseResult]) -> str:
                    f"{_fmt_bytes(r.argument_bytes)} | {_fmt_bytes(r.output_bytes)} | {_fmt_bytes(r.alias_bytes)} | "
                    f"{_fmt_bytes(r.temp_bytes)} | "
                    f"{_fmt_bytes(r.total_bytes)} | {tflop} | {per_chip} | {r.compile_s:.0f} |")
-    notes = sorted({f"- {r.preset} {r.case}: {r.note}" for r in rows if r.note})
+    notes = list(dict.fromkeys(f"- {r.preset} {r.case}: {r.note}" for r in rows if r.note))  # row order
     return "\n".join(out + [""] + notes) + "\n"
 
 
