@@ -41,7 +41,9 @@ class PlanScaleConfig:
     lora_rank: int = 4  # configs/finetune_new_embodiment.yaml
     num_chunks: int = 4  # chunks per training window (the reference samples up to 4)
     remat: bool = True
-    attention: str = "xla"  # the dense kernel: what compiles on CPU ("splash" runs its Pallas interpreter)
+    # "xla": the dense kernel (the policy's default); "xla_chunked": query blocks, memory-bounded like a flash
+    # kernel; "splash": TPU flash attention (its Pallas interpreter on CPU). cuDNN does not compile on CPU.
+    attention: str = "xla"
     view_height: int | None = None  # None: the converted DROID policy's view size
     view_width: int | None = None
     output_dir: str = "outputs/plan_scale"
