@@ -64,7 +64,7 @@ def jax_chunk(policy: DreamZeroJaxPolicy) -> Callable[[], None]:
     block = np.repeat(frame[:, None], 4 * dc.frames_per_block, axis=1)
 
     def run() -> None:
-        s = fns.observe_block(runner.params, state, block)
+        s = fns.observe_block(runner.params, jax.tree.map(jnp.copy, state), block)  # it donates its state
         jax.block_until_ready(fns.plan(runner.params, s, rs, emb, np.int32(1)))
 
     return run

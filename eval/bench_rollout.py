@@ -52,7 +52,8 @@ def bench_chunks(policy: DreamZeroJaxPolicy, frame: np.ndarray) -> list[tuple[in
     rows = []
     for chunk in range(1, 5):
         start = int(state.start_frame)
-        cached = _time(lambda s=state: fns.plan(runner.params, s, rs, emb, np.int32(0)))
+        # the plan donates its state (the KV cache): time it on copies, keep ``state`` for the next chunk
+        cached = _time(lambda s=state: fns.plan(runner.params, jax.tree.map(jnp.copy, s), rs, emb, np.int32(0)))
         ctx = jnp.concatenate(clean, axis=1)
 
         @jax.jit
