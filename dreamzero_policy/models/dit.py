@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +55,9 @@ class DiTConfig:
     # execution
     remat: bool = False
     attention: str = "xla"
+    # The batch split of a device mesh (set by the trainer): activations are kept in it layer by layer, else
+    # XLA may split them along features instead and form whole-batch temporaries on every device.
+    activation_sharding: Any = None
     dtype: str = "float32"  # compute dtype of the matmuls (fp32 accumulation); norms, modulation, RoPE,
     # softmax, the timestep embedding, the head and the residual stream always run in float32
     param_dtype: str = "float32"  # storage of the matmul weights; norm scales and modulation stay float32
@@ -225,18 +228,21 @@ class CausalWanDiT(nnx.Module):
         graphdef, state = nnx.split(self.blocks)
         precomputed = isinstance(cross, CrossKV)
         impl = self.cfg.attention
+        split = self.cfg.activation_sharding
+        keep = (lambda a: jax.lax.with_sharding_constraint(a, split)) if split is not None else (lambda a: a)
+        e0 = keep(e0)
 
         def body(h, xs):
             layer_state, layer_cross, layer_prefix = xs
             block = nnx.merge(graphdef, layer_state)
             kv = layer_cross if precomputed else block.cross_attn.kv(*cross)
-            h, new_kv = block(h, e0, rope, kv, mask=mask, prefix_kv=layer_prefix, implementation=impl)
-            return h, new_kv
+            h, new_kv = block(keep(h), e0, rope, kv, mask=mask, prefix_kv=layer_prefix, implementation=impl)
+            return keep(h), new_kv
 
         if self.cfg.remat:
             body = jax.checkpoint(body, prevent_cse=False)
         xs = (state, cross if precomputed else None, prefix_kv)
-        return jax.lax.scan(body, x.astype(jnp.float32), xs)
+        return jax.lax.scan(body, keep(x.astype(jnp.float32)), xs)
 
     def decode_video(self, x: jax.Array, e: jax.Array, grid: tuple[int, int, int]) -> jax.Array:
         return self.unpatchify(self.head(x, e).astype(jnp.float32), grid)

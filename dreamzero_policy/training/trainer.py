@@ -82,7 +82,8 @@ class DiTTrainer:
         if model.dit.cfg.dtype != cfg.policy.dtype:
             raise ValueError(f"the model computes in {model.dit.cfg.dtype}, the run asks for {cfg.policy.dtype}: "
                              "build it with policy.model_config(master_weights=True)")
-        dit_cfg = replace(model.dit.cfg, remat=cfg.remat)
+        dit_cfg = replace(model.dit.cfg, remat=cfg.remat,
+                          activation_sharding=batch_sharding(mesh) if mesh.size > 1 else None)
         model.dit.cfg = dit_cfg
         self.graphdef, params, self.rest = nnx.split(model.dit, nnx.Param, ...)
         flat = flatten(nnx.to_pure_dict(params))
