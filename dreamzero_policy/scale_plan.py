@@ -194,7 +194,8 @@ def inference_cases(policy: DreamZeroJaxConfig, batch: int = 1) -> list[CaseResu
     vae_note = f"incl. the fp32 VAE encode of {1 + 4 * fpb} frames: {vae / 1e12:.2f} TFLOP"
     runner = [start_row, _result(name, "infer observe_block", 1, obs_fn, params, obs_flops, t_obs, note=vae_note),
               _result(name, f"infer plan ({steps})", 1, plan_fn, params, plan_flops, t_plan)]
-    # RolloutRunner does not donate the state, so each call holds the old and the new cache at once.
+    # RolloutRunner donates the state (each call writes the new cache over the old); the rows without
+    # donation show what holding both copies would cost.
     donated = [start_row,
                _result(name, "infer observe_block, state donated", 1, obs_donated, params, obs_flops, t_obs_d),
                _result(name, f"infer plan ({steps}), state donated", 1, plan_donated, params, plan_flops, t_plan_d)]
@@ -207,9 +208,9 @@ def inference_cases(policy: DreamZeroJaxConfig, batch: int = 1) -> list[CaseResu
                        note=f"peak of {peak.case}; {geo}", **kw)
 
     return [*runner, *donated[1:], text_row,
-            chunk(runner, "infer chunk, umT5 on host"),
-            chunk(runner, "infer chunk, umT5 on device", resident_bytes=umt5),
-            chunk(donated, "infer chunk, state donated, umT5 on host")]
+            chunk(runner, "infer chunk, state not donated, umT5 on host"),
+            chunk(donated, "infer chunk (as RolloutRunner), umT5 on device", resident_bytes=umt5),
+            chunk(donated, "infer chunk (as RolloutRunner), umT5 on host")]
 
 
 def _clip_tokens(model: DreamZeroModel, frame: jax.ShapeDtypeStruct) -> int:

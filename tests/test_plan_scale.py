@@ -117,11 +117,12 @@ def test_command_runs_tiny_on_a_faked_mesh(tmp_path) -> None:
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["case"]: r for r in json.loads((tmp_path / "plan.json").read_text())}
-    assert "| tiny | infer chunk, umT5 on host |" in (tmp_path / "plan.md").read_text()
+    assert "| tiny | infer chunk (as RolloutRunner), umT5 on host |" in (tmp_path / "plan.md").read_text()
     for r in rows.values():
         assert min(r["param_bytes"], r["argument_bytes"], r["temp_bytes"], r["total_bytes"]) > 0, r
         assert r["flops"] is None or r["flops"] > 0, r
-    host, device = rows["infer chunk, umT5 on host"], rows["infer chunk, umT5 on device"]
+    host = rows["infer chunk (as RolloutRunner), umT5 on host"]
+    device = rows["infer chunk (as RolloutRunner), umT5 on device"]
     assert host["flops"] == rows["infer observe_block"]["flops"] + rows["infer plan (8 DiT steps)"]["flops"]
     assert device["total_bytes"] > host["total_bytes"]
     # a donated state is written in place: the new cache is not a second copy
