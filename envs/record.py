@@ -35,15 +35,16 @@ class RecordSummary:
     seeds: tuple[int, ...]
 
 
-def dataset_features(env: ReachEnv) -> dict[str, dict]:
-    """LeRobotDataset feature spec for an (unwrapped) reach env."""
+def dataset_features(env: ReachEnv, actions: bool = True) -> dict[str, dict]:
+    """LeRobotDataset feature spec for an (unwrapped) reach env (``actions=False``: no `action` feature)."""
     size = (env.image_size, env.image_size, 3)
     features: dict[str, dict] = {
         f"{OBS_IMAGES}.{cam}": {"dtype": "image", "shape": size, "names": ["height", "width", "channel"]}
         for cam in env.cameras
     }
     features[OBS_STATE] = {"dtype": "float32", "shape": (env.state_dim,), "names": list(env.state_names)}
-    features[ACTION] = {"dtype": "float32", "shape": (env.action_dim,), "names": list(env.action_names)}
+    if actions:
+        features[ACTION] = {"dtype": "float32", "shape": (env.action_dim,), "names": list(env.action_names)}
     return features
 
 
@@ -58,9 +59,11 @@ def record(
     noise_std: float = 0.1,
     max_episode_steps: int | None = None,
     layout: str = "fixed",
+    actions: bool = True,
 ) -> RecordSummary:
     """Record `n_episodes` successful expert episodes of `env_name` ('reach' or 'reach_arm') under `root`
-    (which must not exist yet). Deterministic given the arguments."""
+    (which must not exist yet). Deterministic given the arguments. ``actions=False`` stores the same
+    episodes without their actions (video-only data: ``dreamzero-train --video_only.root``)."""
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
     root = Path(root)
@@ -75,7 +78,7 @@ def record(
     dataset = LeRobotDataset.create(
         repo_id=repo_id,
         fps=base.metadata["render_fps"],
-        features=dataset_features(base),
+        features=dataset_features(base, actions),
         root=root,
         robot_type=base.robot_type,
         use_videos=False,
@@ -102,7 +105,8 @@ def record(
             action = expert()
             frame = {f"{OBS_IMAGES}.{cam}": obs["pixels"][cam] for cam in base.cameras}
             frame[OBS_STATE] = obs["agent_pos"]
-            frame[ACTION] = action
+            if actions:
+                frame[ACTION] = action
             frame["task"] = base.task_description
             dataset.add_frame(frame)
             n_frames += 1
@@ -135,6 +139,7 @@ class RecordConfig:
     noise_std: float = 0.1
     max_episode_steps: int | None = None  # metaworld: default 500 (MetaWorld's episode length)
     layout: str = "fixed"  # "fixed", "slots" or "random" (reach sims only)
+    actions: bool = True  # false: store no `action` feature (video-only episodes from the same experts)
 
 
 def _main_metaworld(args: RecordConfig) -> None:
@@ -157,6 +162,7 @@ def _main_metaworld(args: RecordConfig) -> None:
             image_size=args.image_size,
             episode_length=args.max_episode_steps or MAX_PATH_LENGTH,
             noise_std=args.noise_std,
+            actions=args.actions,
         )
     except ValueError as e:
         raise SystemExit(f"record: {e}") from None
@@ -188,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             noise_std=args.noise_std,
             max_episode_steps=args.max_episode_steps,
             layout=args.layout,
+            actions=args.actions,
         )
     except ValueError as e:
         raise SystemExit(f"record: {e}") from None

@@ -40,9 +40,10 @@ class MetaworldRecordSummary:
     seeds: dict[str, tuple[int, ...]]  # task -> env seeds of the kept episodes
 
 
-def dataset_features(image_size: int) -> dict[str, dict]:
-    """LeRobotDataset feature spec, keyed as `lerobot-eval` names the env's observations."""
-    return {
+def dataset_features(image_size: int, actions: bool = True) -> dict[str, dict]:
+    """LeRobotDataset feature spec, keyed as `lerobot-eval` names the env's observations (``actions=False``:
+    no `action` feature, for video-only episodes)."""
+    features = {
         OBS_IMAGE: {
             "dtype": "image",
             "shape": (image_size, image_size, 3),
@@ -51,10 +52,13 @@ def dataset_features(image_size: int) -> dict[str, dict]:
         OBS_STATE: {"dtype": "float32", "shape": (len(STATE_NAMES),), "names": list(STATE_NAMES)},
         ACTION: {"dtype": "float32", "shape": (len(ACTION_NAMES),), "names": list(ACTION_NAMES)},
     }
+    if not actions:
+        del features[ACTION]
+    return features
 
 
 def _run_episode(
-    env: DzMetaworldEnv, dataset: LeRobotDataset, seed: int, noise_std: float
+    env: DzMetaworldEnv, dataset: LeRobotDataset, seed: int, noise_std: float, actions: bool = True
 ) -> tuple[bool, int]:
     """Add one expert episode's frames to the dataset buffer; returns (succeeded, frames)."""
     rng = np.random.default_rng(seed)
@@ -65,14 +69,10 @@ def _run_episode(
         action = env.expert_action()
         if noise_std > 0:
             action = np.clip(action + noise_std * rng.standard_normal(action.shape), -1.0, 1.0)
-        dataset.add_frame(
-            {
-                OBS_IMAGE: obs["pixels"],
-                OBS_STATE: obs["agent_pos"].astype(np.float32),
-                ACTION: action.astype(np.float32),
-                "task": env.task_description,
-            }
-        )
+        frame = {OBS_IMAGE: obs["pixels"], OBS_STATE: obs["agent_pos"].astype(np.float32), "task": env.task_description}
+        if actions:
+            frame[ACTION] = action.astype(np.float32)
+        dataset.add_frame(frame)
         n_frames += 1
         # On success LeRobot's env ends the episode (terminated) and resets itself.
         obs, _, terminated, truncated, info = env.step(action)
@@ -85,6 +85,7 @@ def _record_task(
     n_episodes: int,
     seed: int,
     noise_std: float,
+    actions: bool = True,
 ) -> tuple[list[int], int, int]:
     """Record `n_episodes` successful episodes of `env`'s task; returns (their seeds, their frames,
     failed attempts)."""
@@ -99,7 +100,7 @@ def _record_task(
             )
         episode_seed = seed + attempt
         attempt += 1
-        success, n_frames = _run_episode(env, dataset, episode_seed, noise_std)
+        success, n_frames = _run_episode(env, dataset, episode_seed, noise_std, actions)
         if success:
             dataset.save_episode()
             kept.append(episode_seed)
@@ -119,9 +120,11 @@ def record_metaworld(
     image_size: int = 64,
     episode_length: int = MAX_PATH_LENGTH,
     noise_std: float = 0.1,
+    actions: bool = True,
 ) -> MetaworldRecordSummary:
     """Record `n_episodes` successful expert episodes of each task (comma list or sequence of task names
-    or difficulty groups) under `root`, which must not exist yet. Deterministic given the arguments."""
+    or difficulty groups) under `root`, which must not exist yet. Deterministic given the arguments.
+    ``actions=False`` drops the experts' actions (video-only episodes)."""
     groups = parse_tasks(tasks if isinstance(tasks, str) else ",".join(tasks))
     # A task named twice (e.g. also inside a difficulty group) is recorded once.
     names = list(dict.fromkeys(name for group in groups.values() for name in group))
@@ -136,7 +139,7 @@ def record_metaworld(
     dataset = LeRobotDataset.create(
         repo_id=repo_id,
         fps=DzMetaworldEnv.metadata["render_fps"],
-        features=dataset_features(image_size),
+        features=dataset_features(image_size, actions),
         root=root,
         robot_type="sawyer",
         use_videos=False,
@@ -148,7 +151,7 @@ def record_metaworld(
         for name in names:
             env = DzMetaworldEnv(name, episode_length=episode_length, image_size=image_size)
             try:
-                kept[name], task_frames, failed[name] = _record_task(env, dataset, n_episodes, seed, noise_std)
+                kept[name], task_frames, failed[name] = _record_task(env, dataset, n_episodes, seed, noise_std, actions)
             finally:
                 env.close()
             frames += task_frames

@@ -8,7 +8,8 @@ owner of every policy field (``--policy.path=DIR`` starts from a saved policy, i
 ``--policy.*``); the run fields mirror ``lerobot-train`` (``--output_dir``, ``--steps``, ``--batch_size``,
 ``--save_freq``, ``--log_freq``, ``--resume``, ``--seed``, ``--wandb.*``). What only this JAX trainer has
 stays in its own groups: ``--windows.*`` (how training windows are cut and augmented), ``--optim.*``
-(optax), ``--lora.*``, ``--mesh.*`` and ``--precompute.*``. Named recipes live in ``configs/*.yaml``.
+(optax), ``--lora.*``, ``--mesh.*``, ``--precompute.*`` and ``--video_only.*`` (a dataset trained for its
+video alone, mixed in at a ratio). Named recipes live in ``configs/*.yaml``.
 """
 
 from __future__ import annotations
@@ -68,6 +69,22 @@ class PrecomputeConfig:
     anchor_stride: int = 1
 
 
+@dataclass
+class VideoOnlyConfig:
+    """A second LeRobotDataset trained for its video only: episodes with frames and an instruction but no
+    action labels (a dataset without an `action` feature; any actions it has are ignored). Its windows
+    train the video loss alone; statistics come from --dataset only. Off unless root or repo_id is set."""
+
+    repo_id: str | None = None  # default local/video_only with a root
+    root: str | None = None
+    episodes: list[int] | None = None
+    ratio: float = 0.5  # fraction of every batch drawn from it, in (0, 1) (exact over the run: training.mixing)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.root or self.repo_id)
+
+
 # LeRobot DatasetConfig fields this trainer reads; the others must keep their defaults (checked).
 DATASET_FIELDS_READ = ("repo_id", "root", "episodes", "revision", "video_backend")
 
@@ -96,6 +113,7 @@ class TrainConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     precompute: PrecomputeConfig = field(default_factory=PrecomputeConfig)
+    video_only: VideoOnlyConfig = field(default_factory=VideoOnlyConfig)
 
     def __post_init__(self) -> None:
         unsupported = {
@@ -111,6 +129,11 @@ class TrainConfig:
                 f"dreamzero-train does not support --dataset.{', --dataset.'.join(unsupported)} (it reads "
                 f"{', '.join(DATASET_FIELDS_READ)}; augmentation is --windows.*)"
             )
+        if not 0.0 < self.video_only.ratio < 1.0:
+            raise ValueError(f"--video_only.ratio must be in (0, 1), got {self.video_only.ratio} "
+                             "(the fraction of every batch drawn from the video-only dataset)")
+        if self.video_only.episodes is not None and not self.video_only.enabled:
+            raise ValueError("--video_only.episodes needs --video_only.root (or --video_only.repo_id)")
         for name in ("steps", "batch_size", "save_freq", "log_freq"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")

@@ -68,13 +68,15 @@ def _summary(x: np.ndarray) -> dict[str, np.ndarray]:
 
 
 class EpisodeTable:
-    """The numeric columns of a dataset in memory, and its runs of (episode, instruction)."""
+    """The numeric columns of a dataset in memory, and its runs of (episode, instruction). ``state`` /
+    ``action`` are None when the dataset lacks them or (``actions=False``) when its actions are not used."""
 
-    def __init__(self, ds: LeRobotDataset):
+    def __init__(self, ds: LeRobotDataset, actions: bool = True):
         hf = ds.hf_dataset.with_format(None)
-        cols = hf.select_columns([OBS_STATE, ACTION, "episode_index", "task_index"])[:]
-        self.state = np.asarray(cols[OBS_STATE], np.float32)
-        self.action = np.asarray(cols[ACTION], np.float32)
+        wanted = [k for k in (OBS_STATE, ACTION) if k in ds.meta.features and (actions or k != ACTION)]
+        cols = hf.select_columns([*wanted, "episode_index", "task_index"])[:]
+        self.state = np.asarray(cols[OBS_STATE], np.float32) if OBS_STATE in wanted else None
+        self.action = np.asarray(cols[ACTION], np.float32) if ACTION in wanted else None
         self.episode = np.asarray(cols["episode_index"], np.int64)
         self.task = np.asarray(cols["task_index"], np.int64)
         key = self.episode * (1 + int(self.task.max(initial=0))) + self.task
@@ -86,7 +88,7 @@ class EpisodeTable:
         }
 
     def __len__(self) -> int:
-        return len(self.state)
+        return len(self.episode)
 
 
 def dataset_stats(
@@ -98,6 +100,8 @@ def dataset_stats(
     LeRobot's ``meta/stats.json`` is not used: v3 aggregates per-episode q01/q99 by averaging them, which is
     not a quantile of the dataset (on the reach demos it gives q01/q99 = -0.16/0.15 for actions that span
     [-1, 1], so QUANTILES normalisation would clamp almost every action to +-1)."""
+    if table.action is None or table.state is None:
+        raise ValueError("statistics come from labelled data: this dataset has no 'action' or no 'observation.state'")
     idx = np.arange(len(table))[:, None] + np.arange(actions_per_block)[None]
     idx = np.minimum(idx, table.run_end[:, None] - 1)
     rel = table.action[idx].copy()  # (N, apb, A)
@@ -136,21 +140,33 @@ class WindowDataset(torch.utils.data.Dataset):
         train: bool = True,
         jitter: float = 0.1,
         stats: dict[str, dict[str, np.ndarray]] | None = None,
+        video_only: bool = False,
+        cameras: list[str] | None = None,
     ):
+        """``video_only``: the dataset's actions (if any) are not read; every window has an all-zero
+        ``action_mask`` (the loss's mark of a video-only sample) and is normalised with ``stats``, which must
+        then come from the labelled data."""
         if num_chunks < 1:
             raise ValueError(f"num_chunks must be >= 1, got {num_chunks}")
+        if video_only and stats is None:
+            raise ValueError("video-only windows need the labelled data's statistics (stats=...)")
         self.ds, self.policy, self.tokenizer = ds, policy, tokenizer
         self.spec = WindowSpec(num_chunks, model.dit.actions_per_block, model.dit.frames_per_block)
         self.action_dim, self.state_dim = model.dit.action_dim, model.dit.state_dim
-        self.table = EpisodeTable(ds)
-        a, s = self.table.action.shape[1], self.table.state.shape[1]
+        self.table = EpisodeTable(ds, actions=not video_only)
+        if not video_only and (self.table.action is None or self.table.state is None):
+            missing = [k for k, v in ((ACTION, self.table.action), (OBS_STATE, self.table.state)) if v is None]
+            raise ValueError(f"labelled training data needs {missing}: a dataset without actions trains as "
+                             "video-only data (--video_only.root) beside a labelled --dataset")
+        a = 0 if self.table.action is None else self.table.action.shape[1]
+        s = 0 if self.table.state is None else self.table.state.shape[1]
         if a > self.action_dim or s > self.state_dim:
             raise ValueError(
                 f"dataset action/state dims {a}/{s} exceed the model's {self.action_dim}/{self.state_dim}"
             )
         self.relative = list(policy.relative_action_dims)
         self.stats = stats or dataset_stats(self.table, self.relative, self.spec.actions_per_block)
-        self.cameras = policy.camera_keys or sorted(k for k in ds.meta.camera_keys)
+        self.cameras = cameras or policy.camera_keys or sorted(k for k in ds.meta.camera_keys)
         self.seed, self.train, self.jitter = seed, train, jitter
         self._hf = ds.hf_dataset.with_format(None).select_columns(self.cameras)
 
@@ -186,20 +202,20 @@ class WindowDataset(torch.utils.data.Dataset):
         a_rows, s_rows = clip(a_off), clip(s_off)
         valid = (anchor + a_off) < end
 
-        state_raw = t.state[s_rows]
-        act = t.action[a_rows].copy()
-        if self.relative:
-            chunk_state = np.repeat(state_raw, self.spec.actions_per_block, axis=0)
-            act[:, self.relative] -= chunk_state[:, self.relative]
-        act = quantile_normalize(act, self.stats[ACTION])
-        state = quantile_normalize(state_raw, self.stats[OBS_STATE])
-        na, ad = act.shape
-        actions = np.zeros((na, self.action_dim), np.float32)
-        actions[:, :ad] = act
-        mask = np.zeros_like(actions)
-        mask[:, :ad] = valid[:, None]
-        states = np.zeros((len(s_rows), self.state_dim), np.float32)
-        states[:, : state.shape[1]] = state
+        actions = np.zeros((len(a_rows), self.action_dim), np.float32)
+        mask = np.zeros_like(actions)  # stays all zero without labels: the loss feeds those tokens pure noise
+        states = np.zeros((len(s_rows), self.state_dim), np.float32)  # no state: zeros, as the reference
+        if t.state is not None:
+            state = quantile_normalize(t.state[s_rows], self.stats[OBS_STATE])
+            states[:, : state.shape[1]] = state
+        if t.action is not None:
+            act = t.action[a_rows].copy()
+            if self.relative:
+                chunk_state = np.repeat(t.state[s_rows], self.spec.actions_per_block, axis=0)
+                act[:, self.relative] -= chunk_state[:, self.relative]
+            ad = act.shape[1]
+            actions[:, :ad] = quantile_normalize(act, self.stats[ACTION])
+            mask[:, :ad] = valid[:, None]
 
         views = crop_views(self._frames(clip(f_off)), self.policy.crop, rng if self.train else None)
         frames = tile_views(views, self.policy)

@@ -17,7 +17,7 @@ class TrainBatch(NamedTuple):
     latents: jax.Array  # (B, F, H, W, C) clean, normalised VAE latents
     text: jax.Array  # (B, Lt, text_dim) umT5 states, zeroed past each prompt
     actions: jax.Array  # (B, Na, action_dim) normalised to [-1, 1], padded to action_dim
-    action_mask: jax.Array  # (B, Na, action_dim) 1 on real action dims / steps
+    action_mask: jax.Array  # (B, Na, action_dim) 1 on real action dims / steps; all 0: a video-only sample
     state: jax.Array  # (B, Ns, state_dim) padded
     embodiment: jax.Array  # (B,) int32
     clip: jax.Array | None = None  # (B, Li, image_dim)
@@ -36,7 +36,15 @@ def teacher_forcing_loss(
     """x_t = (1 - s) x0 + s * noise, target = noise - x0; per-block timestep ids shared by the block's
     frames and actions (frame 0 independent); weighted MSE as the reference: video MSE averaged over
     (H, W, C) per frame, action MSE averaged over the real (unmasked) dims per token, each times its timestep's
-    training weight, then averaged."""
+    training weight, then averaged over the labelled samples.
+
+    A sample whose ``action_mask`` is all zero has no action labels (video-only data): its action tokens are
+    pure noise at the pure-noise timestep, an "unknown action" carrying no information (where every chunk's
+    actions start at inference), so its video is learned without conditioning on a made-up action; its action
+    term is masked out and the action mean runs over the labelled samples only, so a labelled sample weighs
+    the same whatever the mix, and an all-video-only batch has action loss exactly 0 (no 0/0).
+    (The reference noises zero placeholders at the block's own timestep: at low noise the video block then
+    sees "action = 0", a value a real normalised action takes, which the model could learn to associate.)"""
     cfg = model.cfg
     b, f = batch.latents.shape[:2]
     nb = (f - 1) // cfg.frames_per_block
@@ -49,7 +57,9 @@ def teacher_forcing_loss(
     x0_v = batch.latents.astype(jnp.float32)
     x0_a = batch.actions.astype(jnp.float32)
     noisy_v = schedule.add_noise(x0_v, noise_v, video_ids)
-    noisy_a = schedule.add_noise(x0_a, noise_a, action_ids)
+    labelled = jnp.any(batch.action_mask > 0, axis=(1, 2))  # (B,); a labelled window has >= 1 real step
+    action_ids = jnp.where(labelled[:, None], action_ids, 0)  # id 0 = sigma 1, pure noise
+    noisy_a = jnp.where(labelled[:, None, None], schedule.add_noise(x0_a, noise_a, action_ids), noise_a)
 
     reg = Register(noisy_a, schedule.timestep(action_ids), batch.state, batch.embodiment)
     pred_v, pred_a = model.forward_train(
@@ -62,5 +72,6 @@ def teacher_forcing_loss(
     # Masked mean over the real dims of each action token: padding a 2-dim robot to action_dim=8 must not
     # shrink its action loss 4x relative to the video loss.
     per_token = jnp.sum(sq_a, axis=2) / jnp.maximum(jnp.sum(batch.action_mask, axis=2), 1.0)
-    action_loss = jnp.mean(per_token * schedule.training_weight(action_ids))
+    n_labelled = jnp.maximum(jnp.sum(labelled.astype(jnp.float32)), 1.0) * per_token.shape[1]
+    action_loss = jnp.sum(per_token * schedule.training_weight(action_ids)) / n_labelled
     return LossOutput(video_loss + action_loss, video_loss, action_loss)

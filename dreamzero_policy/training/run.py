@@ -18,12 +18,14 @@ from dreamzero_policy.training.data import PositionSampler, WindowDataset, make_
 from dreamzero_policy.training.dataset_source import check_local_root, open_dataset, open_metadata
 from dreamzero_policy.training.export import build_model, export_pretrained
 from dreamzero_policy.training.metrics_log import MetricsLog
+from dreamzero_policy.training.mixing import MixedDataset, check_mixable
 from dreamzero_policy.training.precompute import PrecomputedDataset, precompute
 from dreamzero_policy.training.sharding import global_batch, make_mesh
 from dreamzero_policy.training.tracking import Tracker
 from dreamzero_policy.training.trainer import DiTTrainer, batch_from_arrays, encode_raw
 
 CKPT_DIR, METRICS, CURVE = "checkpoints", "metrics.jsonl", "loss_curve.png"
+VIDEO_ONLY_SUBDIR, VIDEO_ONLY_REPO_ID, VIDEO_ONLY_SEED_OFFSET = "video_only", "local/video_only", 1_000_003
 TRAIN_CONFIG, EXPORT_DIR = "train_config.json", "pretrained_model"
 
 
@@ -68,10 +70,43 @@ def make_windows(cfg: TrainConfig, model: DreamZeroModel, stats: dict | None = N
     )
 
 
+def make_video_windows(cfg: TrainConfig, model: DreamZeroModel, labelled: WindowDataset, train: bool = True):
+    """The --video_only dataset's windows: same cameras, transform and statistics as ``labelled``."""
+    v, augment = cfg.video_only, cfg.windows.augment and train
+    return WindowDataset(
+        open_dataset(v.repo_id or VIDEO_ONLY_REPO_ID, v.root, v.episodes, cfg.dataset.video_backend),
+        cfg.policy,
+        model.cfg,
+        labelled.tokenizer,
+        num_chunks=cfg.windows.num_chunks,
+        seed=cfg.seed + VIDEO_ONLY_SEED_OFFSET,  # its own shuffle and augmentation draws
+        train=augment,
+        jitter=cfg.windows.jitter if augment else 0.0,
+        stats=labelled.stats,
+        video_only=True,
+        cameras=labelled.cameras,
+    )
+
+
 def make_dataset(cfg: TrainConfig, model: DreamZeroModel, stats: dict | None = None):
+    """The run's sample source: labelled windows (or their precomputed encodings), mixed with the
+    --video_only ones at --video_only.ratio when that dataset is given."""
     if cfg.precompute.dir:
-        return PrecomputedDataset(cfg.precompute.dir, seed=cfg.seed)
-    return make_windows(cfg, model, stats)
+        labelled = PrecomputedDataset(cfg.precompute.dir, seed=cfg.seed)
+        video_dir = Path(cfg.precompute.dir) / VIDEO_ONLY_SUBDIR
+        if not cfg.video_only.enabled:
+            if video_dir.is_dir():
+                print(f"not using the precomputed video-only windows in {video_dir} (no --video_only.*)", flush=True)
+            return labelled
+        if not (video_dir / "stats.json").is_file():
+            raise ValueError(f"--video_only.* is set but {video_dir} holds no precomputed windows: run the "
+                             "--precompute.only=true pass with the same --video_only.* flags first")
+        video = PrecomputedDataset(video_dir, seed=cfg.seed + VIDEO_ONLY_SEED_OFFSET)
+        return MixedDataset(labelled, video, cfg.video_only.ratio)
+    labelled = make_windows(cfg, model, stats)
+    if not cfg.video_only.enabled:
+        return labelled
+    return MixedDataset(labelled, make_video_windows(cfg, model, labelled), cfg.video_only.ratio)
 
 
 def _resolve_latent_stats(cfg: TrainConfig, model: DreamZeroModel, dataset) -> None:
@@ -79,6 +114,8 @@ def _resolve_latent_stats(cfg: TrainConfig, model: DreamZeroModel, dataset) -> N
     estimate them when asked. Deterministic, so a resumed run finds the same values."""
     from dreamzero_policy.training.latent_stats import apply_latent_stats, estimate_latent_stats
 
+    if isinstance(dataset, MixedDataset):
+        dataset = dataset.labelled  # both halves were (or are) encoded with the same statistics
     if isinstance(dataset, PrecomputedDataset):
         if dataset.latent_stats is not None:
             apply_latent_stats(model, cfg.policy, dataset.latent_stats["mean"], dataset.latent_stats["std"])
@@ -109,10 +146,20 @@ def preflight(cfg: TrainConfig) -> None:
         from dreamzero_policy.training.tracking import check_wandb
 
         check_wandb()
-    feats = dataset_to_policy_features(open_metadata(cfg.dataset.repo_id, cfg.dataset.root).features)
+    meta = open_metadata(cfg.dataset.repo_id, cfg.dataset.root)
+    if "action" not in meta.features:  # a clearer error than validate_features' missing output feature
+        raise ValueError(
+            f"--dataset {cfg.dataset.root or cfg.dataset.repo_id} has no 'action' feature, and a run needs labelled "
+            "data (the action loss, the action statistics): give a labelled --dataset and this one as --video_only.root")
+    feats = dataset_to_policy_features(meta.features)
     cfg.policy.input_features = {k: v for k, v in feats.items() if k.startswith("observation.")}
     cfg.policy.output_features = {k: v for k, v in feats.items() if k == "action"}
     cfg.policy.validate_features()
+    if cfg.video_only.enabled:
+        v = cfg.video_only
+        if v.root:
+            check_local_root(v.root)
+        check_mixable(meta, open_metadata(v.repo_id or VIDEO_ONLY_REPO_ID, v.root), cfg.policy.camera_keys)
 
 
 def precompute_only(cfg: TrainConfig) -> Path:
@@ -124,6 +171,9 @@ def precompute_only(cfg: TrainConfig) -> Path:
         from dreamzero_policy.training.latent_stats import apply_latent_stats, estimate_latent_stats
 
         apply_latent_stats(model, cfg.policy, *estimate_latent_stats(model, ds, cfg.windows.latent_stats_frames))
+    if cfg.video_only.enabled:  # written first: the labelled stats.json marks the whole pass finished
+        video = make_video_windows(cfg, model, ds, train=False)
+        precompute(video, model, Path(cfg.precompute.dir) / VIDEO_ONLY_SUBDIR, cfg.batch_size, cfg.precompute.anchor_stride)
     return precompute(ds, model, cfg.precompute.dir, cfg.batch_size, cfg.precompute.anchor_stride)
 
 

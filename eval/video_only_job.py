@@ -1,0 +1,301 @@
+"""Learning from video without actions, measured on MetaWorld: K labelled expert demonstrations per task,
+against the same K plus M video-only episodes per task (the same experts recorded with their actions
+dropped: a LeRobotDataset without an `action` feature), at the same training budget, evaluated with
+`lerobot-eval` on the same held-out seeds.
+
+  1. record K labelled episodes per task (env seeds from 0) and M action-less ones (seeds from
+     --video_only_seed); the evaluation seeds (--eval_seed, default 100000) are held out from both
+  2. one frozen-encoder pass over both datasets (``dreamzero-train --precompute.only`` with
+     ``--video_only.*``); the labelled-only arm reads its labelled part, bit-identical for both arms
+  3. train each arm with ``dreamzero-train``, same steps, batch, lr and seed; the mixed arm draws
+     ``--ratio`` of every batch from the video-only episodes (video loss only for those)
+  4. evaluate each arm per task; score both on the same held-out labelled episodes (video and action loss,
+     same noise: eval.heldout_loss); print and save one table (success %, budget, seeds, losses)
+
+    uv run --frozen --all-extras python -m eval.video_only_job [--labelled_per_task=4] [--video_only_per_task=25]
+
+A finished stage is reused when the job is run again (``--fresh=true`` starts over); ``--toy=true`` runs
+every stage at toy size.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import draccus
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering for the in-process recording
+
+from eval.job_steps import Stage, console_script, subprocess_env
+from eval.main_job import DEFAULT_TASKS
+
+ARMS = {"labelled": "labelled only", "mixed": "labelled + video-only"}
+HELDOUT_KEYS = ("heldout_video_loss", "heldout_video_loss_no_actions", "heldout_action_loss")
+LOSS_WINDOW = 100  # training losses are noisy per step: report the mean of the last this-many steps
+
+
+@dataclass
+class VideoOnlyJobConfig:
+    out: str = "outputs/video_only_job"
+    tasks: str = DEFAULT_TASKS
+    labelled_per_task: int = 4  # K: few enough that labelled-only training stays well below the 30-demo 70 %
+    video_only_per_task: int = 25  # M
+    video_only_seed: int = 10_000  # env seeds of the video-only episodes (labelled ones start at 0)
+    heldout_per_task: int = 3  # labelled episodes no arm trains on: both arms' losses on the same windows
+    heldout_seed: int = 50_000
+    ratio: float = 0.5  # fraction of every batch the mixed arm draws from the video-only episodes
+    demo_episode_length: int = 200
+    image_size: int = 64
+    preset: str = "small"
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 3e-4
+    seed: int = 0
+    num_chunks: int = 2
+    anchor_stride: int = 4
+    eval_episodes_per_task: int = 20
+    eval_seed: int = 100_000
+    eval_batch: int = 20
+    eval_episode_length: int = 150
+    inference_steps: int = 4
+    n_action_steps: int = 8
+    toy: bool = False
+    fresh: bool = False  # delete `out` first (otherwise finished stages are reused)
+    timings: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.toy:
+            self.labelled_per_task, self.video_only_per_task, self.image_size = 1, 1, 32
+            self.preset, self.steps, self.batch_size, self.anchor_stride = "tiny", 2, 2, 8
+            self.eval_episodes_per_task, self.eval_batch, self.eval_episode_length = 1, 1, 16
+            self.inference_steps, self.n_action_steps = 2, 0
+        if self.labelled_per_task < 1 or self.video_only_per_task < 1:
+            raise ValueError("--labelled_per_task and --video_only_per_task must be >= 1")
+        if not 0.0 < self.ratio < 1.0:
+            raise ValueError(f"--ratio must be in (0, 1), got {self.ratio}")
+        # Env seeds each set may use (the recorder retries failed expert episodes: at most 2n + 10 per task).
+        spans = {"labelled": (0, 2 * self.labelled_per_task + 10),
+                 "video-only": (self.video_only_seed, self.video_only_seed + 2 * self.video_only_per_task + 10),
+                 "held-out": (self.heldout_seed, self.heldout_seed + 2 * self.heldout_per_task + 10),
+                 "evaluation": (self.eval_seed, self.eval_seed + self.eval_episodes_per_task)}
+        for (a, (a0, a1)), (b, (b0, b1)) in itertools.combinations(spans.items(), 2):
+            if a0 < b1 and b0 < a1:
+                raise ValueError(f"the {a} seeds [{a0}, {a1}) overlap the {b} seeds [{b0}, {b1}): move "
+                                 "--video_only_seed or --eval_seed")
+
+    @property
+    def task_list(self) -> list[str]:
+        return [t.strip() for t in self.tasks.split(",") if t.strip()]
+
+
+def _record(cfg: VideoOnlyJobConfig, root: Path, marker: Path, n: int, seed: int, actions: bool) -> dict:
+    from dreamzero_envs.record_metaworld import record_metaworld
+
+    if not (root / "meta" / "info.json").exists() or not marker.exists():
+        if root.exists():
+            shutil.rmtree(root)
+        s = record_metaworld(cfg.tasks, n, root, seed=seed, repo_id=f"local/{root.name}", image_size=cfg.image_size,
+                             episode_length=cfg.demo_episode_length, actions=actions)
+        marker.write_text(json.dumps({"episodes": s.episodes, "expert_failures_dropped": s.failed,
+                                      "frames": s.frames, "seeds": s.seeds, "actions": actions}))
+    return json.loads(marker.read_text())
+
+
+def loss_summary(metrics: list[dict], window: int = LOSS_WINDOW) -> dict[str, float]:
+    """Mean video / action loss over the last ``window`` logged steps (and the first, to show the drop)."""
+    import numpy as np
+
+    out: dict[str, float] = {}
+    for key in ("video_loss", "action_loss"):
+        vals = np.array([r[key] for r in metrics], np.float64)
+        out[f"first_{key}"] = float(vals[:window].mean())
+        out[f"final_{key}"] = float(vals[-window:].mean())
+    return out
+
+
+def save_loss_curves(runs: dict[str, list[dict]], path: Path, smooth: int = 25) -> Path:
+    """Both arms' video and action losses (moving average of ``smooth`` steps) on one log-scale plot."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    for i, (arm, recs) in enumerate(runs.items()):
+        steps = np.array([r["step"] for r in recs])
+        for key, style in (("video_loss", "-"), ("action_loss", "--")):
+            vals = np.array([r[key] for r in recs], np.float64)
+            k = min(smooth, len(vals))
+            avg = np.convolve(vals, np.ones(k) / k, mode="valid")
+            ax.plot(steps[k - 1:], np.maximum(avg, 1e-8), style, color=f"C{i}", lw=1.2,
+                    label=f"{ARMS[arm]}: {key.replace('_', ' ')}")
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"flow-matching loss ({smooth}-step mean, log scale)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("labelled only vs labelled + video-only (action loss over labelled samples)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def run(cfg: VideoOnlyJobConfig) -> dict:
+    from eval.peers import eval_policy
+
+    out = Path(cfg.out)
+    if cfg.fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = subprocess_env(out)
+    os.environ.update(env)  # the lerobot-eval runs of eval.peers inherit it (XLA cache, offline)
+    t = cfg.timings
+    labelled, video = out / "labelled", out / "video_only"
+
+    with Stage(t, "record labelled demonstrations"):
+        labelled_rec = _record(cfg, labelled, out / "labelled.json", cfg.labelled_per_task, 0, actions=True)
+    with Stage(t, "record video-only episodes (actions dropped)"):
+        video_rec = _record(cfg, video, out / "video_only.json", cfg.video_only_per_task, cfg.video_only_seed,
+                            actions=False)
+
+    pre = out / "precomputed"
+    common = [
+        "--dataset.repo_id=local/labelled", f"--dataset.root={labelled}",
+        f"--policy.preset={cfg.preset}", f"--policy.view_height={cfg.image_size}",
+        f"--policy.view_width={cfg.image_size}", "--policy.device=cpu", "--policy.cameras=[observation.image]",
+        f"--policy.num_inference_steps={cfg.inference_steps}", "--policy.cfg_scale=1.0",
+        f"--policy.n_action_steps={cfg.n_action_steps}", f"--policy.max_chunks_before_reset={cfg.num_chunks}",
+        f"--steps={cfg.steps}", f"--batch_size={cfg.batch_size}", f"--save_freq={max(1, cfg.steps // 4)}",
+        f"--seed={cfg.seed}", f"--windows.num_chunks={cfg.num_chunks}", f"--optim.lr={cfg.lr}",
+        f"--precompute.dir={pre}", f"--precompute.anchor_stride={cfg.anchor_stride}", "--resume=true",
+    ]
+    video_flags = ["--video_only.repo_id=local/video_only", f"--video_only.root={video}",
+                   f"--video_only.ratio={cfg.ratio}"]
+    # Seconds of the stages that train, kept across reruns: a stage skipped because it finished keeps its time.
+    ledger_path = out / "training_seconds.json"
+    ledger: dict = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
+
+    def account(name: str, ran: bool) -> None:  # after the stage's `with` block, which times it
+        if ran:
+            ledger[name] = t[name]
+            ledger_path.write_text(json.dumps(ledger))
+
+    name = "frozen-encoder pass (both datasets)"
+    with Stage(t, name):
+        if ran := not ((pre / "stats.json").exists() and (pre / "video_only" / "stats.json").exists()):
+            subprocess.run([console_script("dreamzero-train"), *common, *video_flags, "--precompute.only=true"],
+                           check=True, env=env)
+    account(name, ran)
+
+    arms = {"labelled": [], "mixed": video_flags}
+    results: dict[str, dict] = {}
+    curves: dict[str, list[dict]] = {}
+    for arm, extra in arms.items():
+        run_dir = out / f"train_{arm}"
+        policy = run_dir / "pretrained_model"
+        name = f"train: {ARMS[arm]}"
+        with Stage(t, name):
+            meta = policy / "train_meta.json"
+            if ran := not (meta.exists() and json.loads(meta.read_text())["step"] == cfg.steps):
+                subprocess.run([console_script("dreamzero-train"), *common, *extra, f"--output_dir={run_dir}"],
+                               check=True, env=env)
+        account(name, ran)
+        curves[arm] = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+        record = out / f"eval_{arm}.json"  # written once the evaluation finished; reused on a rerun
+        with Stage(t, f"evaluate: {ARMS[arm]} (lerobot-eval)"):
+            if not record.exists():
+                r = eval_policy(policy, cfg.tasks, cfg.eval_episodes_per_task, cfg.eval_seed,
+                                cfg.eval_episode_length, cfg.image_size, out / f"eval_{arm}", cfg.eval_batch, [])
+                record.write_text(json.dumps(r, indent=2))
+            r = json.loads(record.read_text())
+        results[arm] = {"per_task": {k: v["pc_success"] for k, v in r["per_task"].items()},
+                        "overall": r["pc_success"], "train_s": ledger.get(f"train: {ARMS[arm]}"),
+                        **loss_summary(curves[arm])}
+    save_loss_curves(curves, out / "loss_curves.png")
+
+    heldout = out / "heldout"
+    with Stage(t, "record held-out labelled episodes"):
+        heldout_rec = _record(cfg, heldout, out / "heldout.json", cfg.heldout_per_task, cfg.heldout_seed, actions=True)
+    for arm in arms:
+        record = out / f"heldout_loss_{arm}.json"
+        with Stage(t, f"held-out losses: {ARMS[arm]}"):
+            if not record.exists():
+                from eval.heldout_loss import heldout_losses
+
+                record.write_text(json.dumps(heldout_losses(out / f"train_{arm}" / "pretrained_model", labelled,
+                                                            heldout, cfg.num_chunks, cfg.anchor_stride, seed=cfg.seed)))
+        results[arm] |= json.loads(record.read_text())
+
+    seeds = [cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes_per_task - 1]
+    summary = {
+        "success_pct": results, "tasks": cfg.task_list,
+        "eval": {"episodes_per_task": cfg.eval_episodes_per_task, "seeds": seeds,
+                 "episode_length": cfg.eval_episode_length},
+        "data": {"labelled": labelled_rec, "video_only": video_rec, "heldout": heldout_rec},
+        "budget": {"steps": cfg.steps, "batch_size": cfg.batch_size, "ratio": cfg.ratio,
+                   "precompute_s": ledger.get("frozen-encoder pass (both datasets)")},
+        "seconds": t, "total_seconds": round(sum(t.values()), 1),
+        "config": {k: v for k, v in asdict(cfg).items() if k != "timings"},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    table = format_table(summary)
+    (out / "table.md").write_text(table + "\n")
+    print("\n" + table)
+    print(f"summary: {out / 'summary.json'}; loss curves: {out / 'loss_curves.png'}")
+    return summary
+
+
+def format_table(summary: dict) -> str:
+    """Task x arm -> success %, mean over tasks, final losses and training seconds; data, budget, seeds."""
+    tasks, b, e, d = summary["tasks"], summary["budget"], summary["eval"], summary["data"]
+    lines = ["| arm | " + " | ".join(tasks) + " | mean | train video loss | train action loss | held-out video "
+             "loss (actions given / not) | held-out action loss | train s |", "|---|" + "---:|" * (len(tasks) + 6)]
+    for arm, r in summary["success_pct"].items():
+        cells = [f"{r['per_task'][task]:.0f} %" for task in tasks]
+        v = {k: f"{r[k]:.3f}" if k in r else "?" for k in HELDOUT_KEYS}
+        held = [f"{v['heldout_video_loss']} / {v['heldout_video_loss_no_actions']}", v["heldout_action_loss"]]
+        lines.append(f"| {ARMS[arm]} | " + " | ".join(cells) + f" | **{r['overall']:.0f} %** | "
+                     f"{r['first_video_loss']:.3f} → {r['final_video_loss']:.3f} | "
+                     f"{r['first_action_loss']:.3f} → {r['final_action_loss']:.3f} | " + " | ".join(held)
+                     + f" | {_secs(r['train_s'])} |")
+    k = sum(d["labelled"]["episodes"].values()) // len(tasks)
+    m = sum(d["video_only"]["episodes"].values()) // len(tasks)
+    lines += [
+        "",
+        f"Data: {k} labelled expert episodes per task ({d['labelled']['frames']} frames) and {m} video-only "
+        f"episodes per task ({d['video_only']['frames']} frames, the same experts, no `action` feature).",
+        f"Budget, both arms: {b['steps']} steps of batch {b['batch_size']} (same lr, seed and labelled windows); "
+        f"the mixed arm draws {b['ratio']:.0%} of every batch from the video-only episodes. One frozen-encoder "
+        f"pass over both datasets: {_secs(b['precompute_s'])} s.",
+        f"Evaluation: lerobot-eval, {e['episodes_per_task']} held-out episodes per task (seeds "
+        f"{e['seeds'][0]}..{e['seeds'][1]}, {e['episode_length']} steps at most).",
+        f"Training losses: mean of the first → last {LOSS_WINDOW} steps (the action loss over labelled samples "
+        "only; the mixed arm's video loss includes its video-only windows). Held-out losses: the final policies "
+        f"on the same windows of {_count(d.get('heldout'), len(tasks))} unseen labelled episodes per task, with the "
+        "same timesteps and noise.",
+    ]
+    return "\n".join(lines)
+
+
+def _count(rec: dict | None, n_tasks: int) -> str:
+    return "?" if rec is None else str(sum(rec["episodes"].values()) // n_tasks)
+
+
+def _secs(x: float | None) -> str:
+    return "?" if x is None else f"{x:.0f}"  # None: the stage ran before this output dir kept its seconds
+
+
+def main() -> None:
+    run(draccus.parse(VideoOnlyJobConfig))
+
+
+if __name__ == "__main__":
+    main()
