@@ -95,12 +95,22 @@ def _has_checkpoint(run_dir: Path) -> bool:
 
 
 def _evaluate(cfg: MetaworldJobConfig, policy_dir: Path, out: Path, extra: list[str]) -> dict:
+    """lerobot-eval of one policy; a finished evaluation with the same settings is reused when the job is
+    run again (after a kill), like every other stage."""
     from eval.peers import eval_policy
 
+    done = out.with_name(out.name + ".json")
+    settings = {"policy": str(policy_dir), "tasks": cfg.tasks, "episodes": cfg.eval_episodes_per_task,
+                "seed": cfg.eval_seed, "episode_length": cfg.eval_episode_length, "image_size": cfg.image_size,
+                "extra": extra}
+    if done.exists() and (saved := json.loads(done.read_text()))["settings"] == settings:
+        return saved["result"]
     r = eval_policy(policy_dir, cfg.tasks, cfg.eval_episodes_per_task, cfg.eval_seed, cfg.eval_episode_length,
                     cfg.image_size, out, cfg.eval_batch, extra)
-    return {"per_task": {k: v["pc_success"] for k, v in r["per_task"].items()}, "overall": r["pc_success"],
-            "eval_s": r["eval_s"]}
+    result = {"per_task": {k: v["pc_success"] for k, v in r["per_task"].items()}, "overall": r["pc_success"],
+              "eval_s": r["eval_s"]}
+    done.write_text(json.dumps({"settings": settings, "result": result}))
+    return result
 
 
 def run(cfg: MetaworldJobConfig) -> dict:
@@ -206,7 +216,12 @@ def run(cfg: MetaworldJobConfig) -> dict:
             results[PEER_NAMES[kind]] = _evaluate(cfg, Path(info["policy_dir"]), out / f"eval_{kind}", [])
     with Stage(t, "evaluate random actions"):
         seeds = range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes_per_task)
-        per_task = metaworld_random_success(cfg.task_list, seeds, cfg.eval_episode_length)
+        done, settings = out / "eval_random.json", [cfg.task_list, [seeds.start, seeds.stop], cfg.eval_episode_length]
+        if done.exists() and (saved := json.loads(done.read_text()))["settings"] == settings:
+            per_task = saved["per_task"]
+        else:
+            per_task = metaworld_random_success(cfg.task_list, seeds, cfg.eval_episode_length)
+            done.write_text(json.dumps({"settings": settings, "per_task": per_task}))
         results["random actions"] = {"per_task": per_task, "overall": sum(per_task.values()) / len(per_task)}
 
     summary = {

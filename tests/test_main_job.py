@@ -35,11 +35,12 @@ def test_main_job_metaworld_toy(tmp_path):
     assert summary["training_budget_s"] > 0 and set(summary["seconds"]) >= {
         "record demonstrations", "DreamZero: train and export", "evaluate random actions"}
 
-    # Run again (as after a kill): finished stages are reused, DreamZero is not retrained, and the peers'
-    # budget is still DreamZero's whole training time, not the few seconds of the second run.
+    # Run again (as after a kill): finished stages are reused, DreamZero is not retrained nor re-evaluated, and
+    # the peers' budget is still DreamZero's whole training time, not the few seconds of the second run.
     meta = out / "train" / "pretrained_model" / "train_meta.json"
-    stamp = meta.stat().st_mtime_ns
+    stamps = {p: p.stat().st_mtime_ns for p in (meta, out / "eval_dreamzero.json", out / "eval_random.json")}
     again = run(MetaworldJobConfig(out=str(out), tasks="button-press-v3,drawer-open-v3", toy=True, peers=[]))
-    assert meta.stat().st_mtime_ns == stamp
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert again["success_pct"]["DreamZero (tiny)"] == summary["success_pct"]["DreamZero (tiny)"]
     assert again["training_budget_s"] == summary["training_budget_s"]
     assert not again["training_budget_undercounted"]
