@@ -12,7 +12,7 @@ dropped: a LeRobotDataset without an `action` feature), at the same training bud
   4. evaluate each arm per task; score both on the same held-out labelled episodes (video and action loss,
      same noise: eval.heldout_loss); print and save one table (success %, budget, seeds, losses)
 
-    uv run --frozen --all-extras python -m eval.video_only_job [--labelled_per_task=4] [--video_only_per_task=25]
+    uv run --frozen --all-extras python -m eval.video_only_job [--labelled_per_task=2] [--video_only_per_task=25] [--ratio=0.5]
 
 A finished stage is reused when the job is run again (``--fresh=true`` starts over); ``--toy=true`` runs
 every stage at toy size.
@@ -44,7 +44,8 @@ LOSS_WINDOW = 100  # training losses are noisy per step: report the mean of the 
 class VideoOnlyJobConfig:
     out: str = "outputs/video_only_job"
     tasks: str = DEFAULT_TASKS
-    labelled_per_task: int = 4  # K: few enough that labelled-only training stays well below the 30-demo 70 %
+    # K: labelled-only must stay clearly below the ceiling; measured at 1000 steps: K=4 reached 77 %, K=2 63 %.
+    labelled_per_task: int = 2
     video_only_per_task: int = 25  # M
     video_only_seed: int = 10_000  # env seeds of the video-only episodes (labelled ones start at 0)
     heldout_per_task: int = 3  # labelled episodes no arm trains on: both arms' losses on the same windows
