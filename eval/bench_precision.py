@@ -3,10 +3,10 @@
     uv run --frozen python -m eval.bench_precision --preset=small --size=64
 
 One chunk of the KV-cached rollout as the reference runs it (16 UniPC steps, the DiT on 8 of them, CFG as a
-batch of 2): the t=0 pass that puts the newest observed block into the cache plus the 8 DiT calls that
-denoise the next block and its actions. The PyTorch peer is diffusers' ``WanTransformer3DModel`` (the Wan
-DiT this model is built on) with the same widths, depth, heads, text / CLIP context and latent grid, making
-the same 1 + 8 calls on the chunk's frames. It does less work than ours (no attention to the cached
+batch of 2): the VAE encode of the newest observed frames and the t=0 pass that puts them into the cache,
+plus the 8 DiT calls that denoise the next block and its actions. The PyTorch peer is diffusers'
+``AutoencoderKLWan`` + ``WanTransformer3DModel`` (the Wan VAE and DiT this model is built on) with the same
+widths, depth, heads, text / CLIP context and latent grid, making the same encode and 1 + 8 calls. It does less work than ours (no attention to the cached
 context, no action/state register tokens), so the JAX/PyTorch ratio is conservative. Both sides use the
 same threads; reps alternate between the four variants so load on the machine hits them alike.
 """
@@ -71,8 +71,9 @@ def jax_chunk(policy: DreamZeroJaxPolicy) -> Callable[[], None]:
 
 
 def torch_chunk(policy: DreamZeroJaxPolicy, dtype: torch.dtype) -> Callable[[], None]:
-    """The same chunk's DiT calls through diffusers' Wan transformer (random weights: speed only)."""
-    from diffusers import WanTransformer3DModel
+    """The same chunk through diffusers: the observed clip's VAE encode (fp32, as ours) and the DiT calls of
+    its Wan transformer (random weights: speed only)."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
     mc = policy.model.cfg
     d = mc.dit
@@ -87,6 +88,13 @@ def torch_chunk(policy: DreamZeroJaxPolicy, dtype: torch.dtype) -> Callable[[], 
     for name, module in peer.named_modules():  # as diffusers loads it in bf16: these stay float32
         if any(k in name.split(".") for k in peer._keep_in_fp32_modules or ()):
             module.float()
+    v = mc.vae
+    if v.is_residual or v.patch_size != 1:
+        raise ValueError(f"the peer's VAE covers Wan2.1-style VAEs (preset {mc.name!r} has a Wan2.2 one)")
+    vae = AutoencoderKLWan(base_dim=v.base_dim, z_dim=v.z_dim, dim_mult=list(v.dim_mult),
+                           num_res_blocks=v.num_res_blocks, temperal_downsample=list(v.temporal_downsample),
+                           latents_mean=list(v.latents_mean), latents_std=list(v.latents_std)).eval()  # fp32, as ours
+    clip = torch.rand(1, 3, 1 + 4 * d.frames_per_block, *spec.frame_hw) * 2 - 1
     nb = spec.branches
     lat = torch.randn(nb, d.in_dim, d.frames_per_block, *spec.latent_hw, dtype=dtype)
     text = torch.randn(nb, mc.text.text_len, d.text_dim, dtype=dtype)
@@ -95,6 +103,7 @@ def torch_chunk(policy: DreamZeroJaxPolicy, dtype: torch.dtype) -> Callable[[], 
 
     @torch.no_grad()
     def run() -> None:
+        vae.encode(clip)  # the observed block, as our observe step encodes it
         for i in range(calls):
             t = torch.full((nb,), 0.0 if i == 0 else 500.0)
             peer(lat, t, text, encoder_hidden_states_image=img, return_dict=False)
