@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-from flax import nnx
 from lerobot.configs.types import FeatureType, PolicyFeature
 
 from dreamzero_policy.configuration_dreamzero import REFERENCE_DIT_STEPS, DreamZeroJaxConfig

@@ -17,7 +17,6 @@ from dreamzero_policy.models.image_encoder import ImageEncoderConfig
 from dreamzero_policy.models.text_encoder import TextEncoderConfig
 from dreamzero_policy.models.vae import VAEConfig
 
-
 DTYPES = ("float32", "bfloat16")
 
 
