@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -21,6 +22,21 @@ class Stage:
     def __exit__(self, *exc) -> None:
         self.timings[self.name] = round(time.perf_counter() - self.t, 1)
         print(f"=== {self.name}: {self.timings[self.name]} s ===", flush=True)
+
+
+class SecondsLedger(dict):
+    """Seconds of a job's training stages in a JSON file kept across runs: a stage skipped because it
+    finished in an earlier run keeps the time it took then."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        super().__init__(json.loads(self.path.read_text()) if self.path.exists() else {})
+
+    def account(self, timings: dict[str, float], name: str, ran: bool) -> None:
+        """After the stage's ``with Stage`` block (which timed it): keep its time if it ran in this run."""
+        if ran:
+            self[name] = timings[name]
+            self.path.write_text(json.dumps(self))
 
 
 def console_script(name: str) -> str:

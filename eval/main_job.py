@@ -28,7 +28,7 @@ import draccus
 # Headless rendering for the in-process stages (recording, random baseline); set before MuJoCo is imported.
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from eval.job_steps import Stage, console_script, subprocess_env
+from eval.job_steps import SecondsLedger, Stage, console_script, subprocess_env
 
 DEFAULT_TASKS = "button-press-v3,drawer-open-v3,door-open-v3"
 # LeRobot's peer defaults are set for 100k-step runs (ACT: constant lr 1e-5; Diffusion: 500 warm-up steps).
@@ -146,13 +146,8 @@ def run(cfg: MetaworldJobConfig) -> dict:
     # DreamZero's training seconds, kept across runs of the job: a stage finished earlier is skipped and keeps
     # its time, so a job killed after it still gives the peers the whole budget. A stage killed midway and
     # resumed counts only its resumed part: the table then says the budget is undercounted.
-    ledger_path = out / "dreamzero_training_seconds.json"
-    ledger: dict = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
-
-    def account(name: str, ran: bool) -> None:  # after the stage's `with` block, which times it
-        if ran:
-            ledger[name] = t[name]
-            ledger_path.write_text(json.dumps(ledger))
+    ledger = SecondsLedger(out / "dreamzero_training_seconds.json")
+    account = lambda name, ran: ledger.account(t, name, ran)  # noqa: E731 - after the stage's `with` block
 
     vae_report, start = None, views
     if cfg.vae_steps:

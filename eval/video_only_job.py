@@ -32,7 +32,7 @@ import draccus
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering for the in-process recording
 
-from eval.job_steps import Stage, console_script, subprocess_env
+from eval.job_steps import SecondsLedger, Stage, console_script, subprocess_env
 from eval.main_job import DEFAULT_TASKS
 
 ARMS = {"labelled": "labelled only", "mixed": "labelled + video-only"}
@@ -181,13 +181,8 @@ def run(cfg: VideoOnlyJobConfig) -> dict:
     video_flags = ["--video_only.repo_id=local/video_only", f"--video_only.root={video}",
                    f"--video_only.ratio={cfg.ratio}"]
     # Seconds of the stages that train, kept across reruns: a stage skipped because it finished keeps its time.
-    ledger_path = out / "training_seconds.json"
-    ledger: dict = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
-
-    def account(name: str, ran: bool) -> None:  # after the stage's `with` block, which times it
-        if ran:
-            ledger[name] = t[name]
-            ledger_path.write_text(json.dumps(ledger))
+    ledger = SecondsLedger(out / "training_seconds.json")
+    account = lambda name, ran: ledger.account(t, name, ran)  # noqa: E731 - after the stage's `with` block
 
     name = "frozen-encoder pass (both datasets)"
     with Stage(t, name):

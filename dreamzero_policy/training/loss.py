@@ -43,7 +43,7 @@ def teacher_forcing_loss(
     actions start at inference), so its video is learned without conditioning on a made-up action; its action
     term is masked out and the action mean runs over the labelled samples only, so a labelled sample weighs
     the same whatever the mix, and an all-video-only batch has action loss exactly 0 (no 0/0).
-    (The reference noises zero placeholders at the block's own timestep: at low noise the video block then
+    (The reference noises zero-valued action inputs at the block's own timestep: at low noise the video block then
     sees "action = 0", a value a real normalised action takes, which the model could learn to associate.)"""
     cfg = model.cfg
     b, f = batch.latents.shape[:2]
