@@ -44,6 +44,8 @@ class DzMetaworldEnvConfig(EnvConfig):
     image_size: int = 64  # square render size, passed to the renderer
     shadow_size: int = 512  # the scene asks 4096: most of the render cost at small sizes
     multisamples: int = 0  # the scene asks 4x MSAA
+    shadows: bool = False  # the light's shadow pass: ~3.5x the render time at 64 px for a faint shadow
+    reflections: bool = False  # the floor's mirrored pass
     obs_type: str = "pixels_agent_pos"  # or "pixels"
     features: dict[str, PolicyFeature] = field(default_factory=dict)
     features_map: dict[str, str] = field(default_factory=dict)
@@ -79,6 +81,8 @@ class DzMetaworldEnvConfig(EnvConfig):
             "image_size": self.image_size,
             "shadow_size": self.shadow_size,
             "multisamples": self.multisamples,
+            "shadows": self.shadows,
+            "reflections": self.reflections,
             "obs_type": self.obs_type,
         }
 

@@ -5,8 +5,10 @@ flipped `corner2` camera, `agent_pos` = hand xyz + gripper, `task_description`, 
 `reset(seed=)` places the objects from that seed). `DzMetaworldEnv` keeps all of that and changes three
 things it gets wrong for us:
   - the renderer is built at 480x480 whatever `observation_width/height` say: we size it to the request;
-  - rendering uses the scene's 4096-texel shadow maps and 4x MSAA (~165 ms/step): shadows shrink to
-    `shadow_size` and multisampling to `multisamples` (~30 ms/step at 64 px; physics is ~0.35 ms);
+  - rendering uses the scene's 4096-texel shadow maps, a reflective floor and 4x MSAA (~165 ms/step):
+    by default the light casts no shadow and no material reflects (~6 ms/step at 64 px; ~21 ms with
+    `shadows=True, reflections=True` at `shadow_size` 512; physics is ~0.15 ms), and multisampling is
+    `multisamples` (0). At 64 px the pictures differ only by the faint shadow under the gripper;
   - episodes always run MetaWorld's 500 steps: `episode_length` sets both `_max_episode_steps` (what
     `lerobot-eval` reads) and the MetaWorld env's `max_path_length` (where it truncates).
 It also keeps the last raw 39-d MetaWorld observation, which the scripted experts (`metaworld.policies`)
@@ -65,6 +67,8 @@ class DzMetaworldEnv(MetaworldEnv):
         image_size: int = 64,
         shadow_size: int = 512,
         multisamples: int = 0,
+        shadows: bool = False,
+        reflections: bool = False,
         obs_type: str = "pixels_agent_pos",
         camera_name: str = "corner2",
     ) -> None:
@@ -86,6 +90,7 @@ class DzMetaworldEnv(MetaworldEnv):
         self._max_episode_steps = episode_length  # LeRobot hard-codes 500; lerobot-eval reads this
         self.shadow_size = shadow_size
         self.multisamples = multisamples
+        self.shadows, self.reflections = shadows, reflections
         self.raw_obs: np.ndarray | None = None  # last full 39-d MetaWorld observation
 
     def _ensure_env(self) -> None:
@@ -100,6 +105,12 @@ class DzMetaworldEnv(MetaworldEnv):
         env.mujoco_renderer.width, env.mujoco_renderer.height = self.observation_width, self.observation_height
         env.model.vis.quality.shadowsize = self.shadow_size
         env.model.vis.quality.offsamples = self.multisamples
+        # Model-level switches, so they hold for whichever renderer is built later: a shadow pass per light
+        # and a mirrored scene per reflective surface are most of the render cost at small sizes.
+        if not self.shadows:
+            env.model.light_castshadow[:] = 0
+        if not self.reflections:
+            env.model.mat_reflectance[:] = 0
         # MetaWorld truncates (and refuses further steps) at max_path_length, a class attribute.
         env.max_path_length = self._max_episode_steps
 

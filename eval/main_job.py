@@ -7,7 +7,8 @@
   4. train LeRobot's ACT and Diffusion Policy with ``lerobot-train`` on the same dataset, each with the
      wall-clock seconds DreamZero's training took (VAE fit + frozen-encoder pass + DiT training)
   5. evaluate every policy with ``lerobot-eval --env.type=dz_metaworld`` per task on the same held-out
-     seeds, plus DreamZero with the instruction blanked and a random policy; print and save one table
+     seeds, plus DreamZero with its context reset every chunk, DreamZero with the instruction blanked and a
+     random policy; print and save one table
 
     uv run --frozen --all-extras python -m eval.main_job [--demos_per_task=30] [--tasks=...] [--out=outputs/main_job]
 
@@ -20,6 +21,7 @@ import json
 import os
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,10 +49,11 @@ class MetaworldJobConfig:
     demo_episode_length: int = 200  # the experts finish these tasks in ~60-120 steps
     image_size: int = 64
     preset: str = "small"
-    steps: int = 1000
+    steps: int = 1500
     batch_size: int = 16
     lr: float = 3e-4
     num_chunks: int = 2  # chunks per training window = chunks the evaluated context keeps
+    context_ablation: bool = True  # also evaluate the policy with its context reset after every chunk
     anchor_stride: int = 4  # frozen encoders run on every 4th window start (one per latent frame)
     # 0 keeps the preset's randomly initialised VAE: fitting it (dreamzero-fit-vae, as the reach job does)
     # costs minutes that count against the shared training budget, and was not measured to help here yet.
@@ -64,6 +67,7 @@ class MetaworldJobConfig:
     eval_episodes_per_task: int = 20
     eval_seed: int = 100_000  # held out: demonstrations use seeds from 0
     eval_batch: int = 20  # envs stepped together: one batch per task
+    eval_workers: int = 2  # lerobot-eval runs at a time
     eval_episode_length: int = 150
     inference_steps: int = 4
     n_action_steps: int = 8
@@ -78,9 +82,12 @@ class MetaworldJobConfig:
             self.peer_steps = 2  # the VAE stage is left at its default (off); the reach toy job covers it
             self.eval_episodes_per_task, self.eval_batch, self.eval_episode_length = 1, 1, 16
             self.inference_steps, self.n_action_steps, self.peer_batch_size = 2, 0, 2
+            self.context_ablation = False  # one lerobot-eval less in CI; the reach toy job runs that ablation
         unknown = set(self.peers) - set(PEER_NAMES)
         if unknown:
             raise ValueError(f"--peers: unknown {sorted(unknown)}; choose from {sorted(PEER_NAMES)}")
+        if self.eval_workers < 1:
+            raise ValueError(f"--eval_workers must be >= 1, got {self.eval_workers}")
         if self.vae_steps and self.demos_per_task * len(self.task_list) <= self.vae_holdout:
             raise ValueError("--demos_per_task must leave training episodes beside the VAE's held-out ones")
 
@@ -108,7 +115,7 @@ def _evaluate(cfg: MetaworldJobConfig, policy_dir: Path, out: Path, extra: list[
     r = eval_policy(policy_dir, cfg.tasks, cfg.eval_episodes_per_task, cfg.eval_seed, cfg.eval_episode_length,
                     cfg.image_size, out, cfg.eval_batch, extra)
     result = {"per_task": {k: v["pc_success"] for k, v in r["per_task"].items()}, "overall": r["pc_success"],
-              "eval_s": r["eval_s"]}
+              "eval_s": r["eval_s"], "wall_s": round(r["wall_s"], 1)}
     done.write_text(json.dumps({"settings": settings, "result": result}))
     return result
 
@@ -199,16 +206,21 @@ def run(cfg: MetaworldJobConfig) -> dict:
                 record.write_text(json.dumps(info | {"short_run_flags": PEER_SHORT_RUN_FLAGS[kind]}, indent=2))
             peers[kind] = json.loads(record.read_text())
 
-    results: dict[str, dict] = {}
-    with Stage(t, "evaluate DreamZero (lerobot-eval)"):
-        results[f"DreamZero ({cfg.preset})"] = _evaluate(cfg, policy_dir, out / "eval_dreamzero",
-                                                         ["--policy.save_predicted_video=true"])
-    with Stage(t, "evaluate DreamZero, instruction blanked (lerobot-eval)"):
-        results["DreamZero, instruction blanked"] = _evaluate(cfg, policy_dir, out / "eval_blank",
-                                                              ["--policy.blank_instruction=true"])
-    for kind, info in peers.items():
-        with Stage(t, f"evaluate {PEER_NAMES[kind]} (lerobot-eval)"):
-            results[PEER_NAMES[kind]] = _evaluate(cfg, Path(info["policy_dir"]), out / f"eval_{kind}", [])
+    # Every policy on the same seeds. Evaluations overlap `eval_workers` at a time: one lerobot-eval leaves a
+    # core idle through its single-threaded start-up and MuJoCo rendering. Each one's own seconds are kept.
+    evals = [(f"DreamZero ({cfg.preset})", policy_dir, "eval_dreamzero", ["--policy.save_predicted_video=true"])]
+    if cfg.num_chunks > 1 and cfg.context_ablation:
+        # Same policy and seeds, the KV-cached context dropped after every chunk: what memory across chunks buys.
+        evals.append(("DreamZero, context reset every chunk", policy_dir, "eval_reset_every_chunk",
+                      ["--policy.max_chunks_before_reset=1"]))
+    evals.append(("DreamZero, instruction blanked", policy_dir, "eval_blank", ["--policy.blank_instruction=true"]))
+    evals += [(PEER_NAMES[kind], Path(info["policy_dir"]), f"eval_{kind}", []) for kind, info in peers.items()]
+    with Stage(t, f"evaluate {len(evals)} policies with lerobot-eval, {cfg.eval_workers} at a time"):
+        with ThreadPoolExecutor(max_workers=cfg.eval_workers) as pool:
+            # Diffusion Policy's is the longest (10 DDIM steps per chunk): started first, the others fill in.
+            order = sorted(evals, key=lambda e: e[2] != "eval_diffusion")
+            futures = {name: pool.submit(_evaluate, cfg, pdir, out / sub, extra) for name, pdir, sub, extra in order}
+            results: dict[str, dict] = {name: futures[name].result() for name, *_ in evals}
     with Stage(t, "evaluate random actions"):
         seeds = range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes_per_task)
         done, settings = out / "eval_random.json", [cfg.task_list, [seeds.start, seeds.stop], cfg.eval_episode_length]

@@ -92,6 +92,23 @@ def test_rendered_image_has_requested_size() -> None:
     env.close()
 
 
+def test_cheap_rendering_drops_shadows_and_reflections_unless_asked() -> None:
+    cfg = make_env_config("dz_metaworld", task=TASK, image_size=32, shadows=True, reflections=True)
+    assert cfg.gym_kwargs["shadows"] and cfg.gym_kwargs["reflections"]
+    cheap, shaded = DzMetaworldEnv(TASK, image_size=32), DzMetaworldEnv(TASK, image_size=32, **{
+        k: cfg.gym_kwargs[k] for k in ("shadows", "reflections")})
+    try:
+        a, _ = cheap.reset(seed=0)
+        b, _ = shaded.reset(seed=0)
+        assert not cheap._env.model.light_castshadow.any() and not cheap._env.model.mat_reflectance.any()
+        assert shaded._env.model.light_castshadow.any() and shaded._env.model.mat_reflectance.any()
+        assert not np.array_equal(a["pixels"], b["pixels"])  # the same scene, drawn without the shadow
+        assert np.abs(a["pixels"].astype(int) - b["pixels"]).mean() < 20
+    finally:
+        cheap.close()
+        shaded.close()
+
+
 def test_same_seed_reproduces_episode_other_seed_differs() -> None:
     def trace(seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         env = DzMetaworldEnv("push-v3", image_size=32)  # a fresh env each time: no state carried over
