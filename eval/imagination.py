@@ -12,9 +12,11 @@ of the imagined frames and of the copy-the-last-observed-frame baseline, over th
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
@@ -25,11 +27,24 @@ from dreamzero_policy.training.vae_fit import psnr
 
 
 def _obs(o: dict, task: str, pre) -> dict:
+    """An env observation as LeRobot's env processing hands it to the policy: named cameras (`dz_reach`) become
+    `observation.images.<cam>`, a single `pixels` array (`dz_metaworld`) `observation.image`."""
     batch = {"observation.state": torch.as_tensor(o["agent_pos"], dtype=torch.float32)[None]}
-    for cam, img in o["pixels"].items():
-        batch[f"observation.images.{cam}"] = torch.as_tensor(img).permute(2, 0, 1)[None].float() / 255.0
+    to_chw = lambda img: torch.as_tensor(img).permute(2, 0, 1)[None].float() / 255.0  # noqa: E731
+    if isinstance(o["pixels"], dict):
+        for cam, img in o["pixels"].items():
+            batch[f"observation.images.{cam}"] = to_chw(img)
+    else:
+        batch["observation.image"] = to_chw(o["pixels"])
     batch["task"] = [task]
     return pre(batch) if pre is not None else batch
+
+
+def reach_env(policy: DreamZeroJaxPolicy, env_name: str, image_size: int = 64,
+              layout: str = "fixed") -> Callable[[], gym.Env]:
+    """A factory of our reach sims with the cameras the policy reads."""
+    cams = ",".join(k.split(".")[-1] for k in policy.config.camera_keys)
+    return lambda: envs.make(env_name, image_size=image_size, layout=layout, cameras=cams)
 
 
 @dataclass
@@ -45,10 +60,9 @@ class Plan:
         return [(self.imagined[i], self.real[o - 1]) for i, o in enumerate(self.offsets) if 0 < o <= len(self.real)]
 
 
-def run_episode(policy: DreamZeroJaxPolicy, env_name: str, seed: int, pre=None, post=None, image_size: int = 64,
-                layout: str = "fixed", max_steps: int | None = None) -> list[Plan]:
-    env = envs.make(env_name, image_size=image_size, layout=layout,
-                     cameras=",".join(k.split(".")[-1] for k in policy.config.camera_keys))
+def run_episode(policy: DreamZeroJaxPolicy, make_env: Callable[[], gym.Env], seed: int, pre=None, post=None,
+                max_steps: int | None = None) -> list[Plan]:
+    env = make_env()
     dit = policy.model.cfg.dit
     nf = 4 * dit.frames_per_block
     offsets = ((np.arange(nf) + 1) * dit.actions_per_block) // nf
@@ -85,10 +99,11 @@ def score(plans: list[Plan]) -> dict[str, dict[str, float]]:
                      "frames": len(v["imagined"])} for k, v in sorted(by_chunk.items())}
 
 
-def score_imagination(policy: DreamZeroJaxPolicy, env_name: str, seeds: list[int], out: Path, pre=None, post=None,
-                      image_size: int = 64, layout: str = "fixed", picture_plans: int = 4) -> dict:
-    """Score ``seeds`` (held-out episodes); save ``<out>.json`` and a labelled picture of the first one."""
-    episodes = [run_episode(policy, env_name, s, pre, post, image_size, layout) for s in seeds]
+def score_imagination(policy: DreamZeroJaxPolicy, make_env: Callable[[], gym.Env], seeds: list[int], out: Path,
+                      pre=None, post=None, picture_plans: int = 4) -> dict:
+    """Score ``seeds`` (held-out episodes of a fresh ``make_env()`` each); save ``<out>.json`` and a labelled
+    picture of the first one."""
+    episodes = [run_episode(policy, make_env, s, pre, post) for s in seeds]
     result = {"seeds": list(seeds), "per_chunk": score([p for ep in episodes for p in ep])}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))

@@ -61,6 +61,7 @@ class MetaworldJobConfig:
     vae_batch: int = 2
     vae_frames: int = 48
     vae_holdout: int = 3  # episodes the VAE never trains on
+    imagination_episodes: int = 3  # held-out episodes per task whose imagined futures are scored (with a fitted VAE)
     peers: list[str] = field(default_factory=lambda: ["act", "diffusion"])
     peer_batch_size: int = 8
     peer_steps: int | None = None  # None: as many as the training budget allows (measured by a probe run)
@@ -231,8 +232,14 @@ def run(cfg: MetaworldJobConfig) -> dict:
             done.write_text(json.dumps({"settings": settings, "per_task": per_task}))
         results["random actions"] = {"per_task": per_task, "overall": sum(per_task.values()) / len(per_task)}
 
+    imagination = None
+    if cfg.vae_steps and cfg.imagination_episodes:
+        # Only with a fitted VAE: a random one decodes any latent to noise, so there is nothing to score.
+        with Stage(t, "imagined futures, scored"):
+            imagination = _imagination(cfg, policy_dir, out)
+
     summary = {
-        "success_pct": results, "tasks": cfg.task_list,
+        "success_pct": results, "tasks": cfg.task_list, "imagined_future_psnr_db": imagination,
         "eval": {"episodes_per_task": cfg.eval_episodes_per_task, "seeds": [seeds.start, seeds.stop - 1],
                  "episode_length": cfg.eval_episode_length},
         "demonstrations": demos, "training_budget_s": round(budget, 1), "vae": vae_report,
@@ -251,6 +258,30 @@ def run(cfg: MetaworldJobConfig) -> dict:
     return summary
 
 
+def _imagination(cfg: MetaworldJobConfig, policy_dir: Path, out: Path) -> dict:
+    """Per task: imagined frames against the frames that really followed, on the first held-out seeds, next to
+    copying the last observed frame (``eval.imagination``); a labelled picture per task."""
+    from lerobot.configs.policies import PreTrainedConfig
+    from lerobot.policies.factory import make_pre_post_processors
+
+    import lerobot_policy_dreamzero  # noqa: F401
+    from dreamzero_envs.metaworld_env import DzMetaworldEnv
+    from dreamzero_policy.modeling_dreamzero import DreamZeroJaxPolicy
+    from eval.imagination import score_imagination
+
+    pcfg = PreTrainedConfig.from_pretrained(policy_dir)  # the sampling settings it was evaluated with
+    policy = DreamZeroJaxPolicy.from_pretrained(policy_dir, config=pcfg)
+    pre, post = make_pre_post_processors(pcfg, pretrained_path=str(policy_dir))
+    seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.imagination_episodes))
+    per_task = {}
+    for task in cfg.task_list:
+        make = lambda task=task: DzMetaworldEnv(task, episode_length=cfg.eval_episode_length,  # noqa: E731
+                                                image_size=cfg.image_size)
+        r = score_imagination(policy, make, seeds, out / f"imagination_{task}.png", pre=pre, post=post)
+        per_task[task] = r["per_chunk"]
+    return {"seeds": [seeds[0], seeds[-1]], "per_task": per_task}
+
+
 def format_table(summary: dict) -> str:
     """Task x policy -> success %, with the mean over tasks; the budget and seeds under it."""
     tasks = summary["tasks"]
@@ -265,6 +296,14 @@ def format_table(summary: dict) -> str:
                   "lerobot-train for that long:"]
     if summary.get("training_budget_undercounted"):
         lines.append("- (DreamZero's training was interrupted and resumed: the budget counts only the resumed part.)")
+    if vae := summary.get("vae"):
+        lines.append(f"- Fitted VAE: held-out reconstruction PSNR {vae['held_out_psnr_db']:.1f} dB "
+                     f"(train {vae['train_psnr_db']:.1f} dB).")
+    if imagined := summary.get("imagined_future_psnr_db"):
+        for task, per_chunk in imagined["per_task"].items():
+            cells = ", ".join(f"chunk {k}: {v['imagined_psnr_db']:.1f} dB imagined / {v['copy_last_psnr_db']:.1f} dB "
+                              "copy-last" for k, v in per_chunk.items())
+            lines.append(f"- Imagined futures, {task} (seeds {imagined['seeds'][0]}..{imagined['seeds'][1]}): {cells}")
     for kind, p in summary["peers"].items():
         flags = " ".join([*(f"--policy.{k}={v}" for k, v in p["policy_flags"].items()), *p["short_run_flags"]])
         lines.append(f"- {PEER_NAMES[kind]}: {p['steps']} steps of batch {p['batch_size']} in {p['train_s']:.0f} s "

@@ -215,14 +215,14 @@ def _imagination(cfg: ReachJobConfig, policy_dir: Path, path: Path) -> dict:
 
     import lerobot_policy_dreamzero  # noqa: F401
     from dreamzero_policy.modeling_dreamzero import DreamZeroJaxPolicy
-    from eval.imagination import score_imagination
+    from eval.imagination import reach_env, score_imagination
 
     pcfg = PreTrainedConfig.from_pretrained(policy_dir)  # the sampling settings it was evaluated with
     policy = DreamZeroJaxPolicy.from_pretrained(policy_dir, config=pcfg)
     pre, post = make_pre_post_processors(pcfg, pretrained_path=str(policy_dir))
     seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.imagination_episodes))
-    return score_imagination(policy, cfg.env, seeds, path, pre=pre, post=post, image_size=cfg.image_size,
-                             layout=cfg.layout)
+    return score_imagination(policy, reach_env(policy, cfg.env, cfg.image_size, cfg.layout), seeds, path, pre=pre,
+                             post=post)
 
 
 def main() -> None:

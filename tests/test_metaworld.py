@@ -216,3 +216,26 @@ def test_record_cli_metaworld(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
         record_main(["--env=metaworld", "--episodes=1", f"--root={tmp_path / 'y'}"])
     with pytest.raises(SystemExit, match="--tasks is for --env=metaworld"):
         record_main(["--env=reach", f"--tasks={TASK}", "--episodes=1", f"--root={tmp_path / 'z'}"])
+
+
+def test_imagined_futures_are_paired_with_metaworld_frames() -> None:
+    """The main job's imagination scoring on dz_metaworld (one `pixels` array, not named cameras): every plan
+    keeps its decoded block, and each executed action adds the frame that really followed."""
+    from lerobot.configs.types import FeatureType, PolicyFeature
+
+    from dreamzero_policy.configuration_dreamzero import DreamZeroJaxConfig
+    from dreamzero_policy.modeling_dreamzero import DreamZeroJaxPolicy
+    from eval.imagination import run_episode, score
+
+    cfg = DreamZeroJaxConfig(
+        input_features={"observation.state": PolicyFeature(FeatureType.STATE, (4,)),
+                        "observation.image": PolicyFeature(FeatureType.VISUAL, (3, 32, 32))},
+        output_features={"action": PolicyFeature(FeatureType.ACTION, (4,))},
+        view_height=32, view_width=32, num_inference_steps=2, cfg_scale=1.0, device="cpu")
+    policy = DreamZeroJaxPolicy(cfg)
+    plans = run_episode(policy, lambda: DzMetaworldEnv(TASK, episode_length=6, image_size=32), seed=0)
+    assert [p.chunk for p in plans] == [1, 2]  # 6 steps = 1.5 chunks of the tiny preset's 4 actions; context kept
+    assert plans[0].imagined.shape == (4 * 2, 32, 32, 3) and len(plans[0].real) == 4 and len(plans[1].real) == 2
+    assert all(f.shape == (32, 32, 3) and f.min() >= -1 and f.max() <= 1 for p in plans for f in p.real)
+    scored = score(plans)
+    assert set(scored) == {"1", "2"} and all(np.isfinite(v["imagined_psnr_db"]) for v in scored.values())
