@@ -60,6 +60,18 @@ class Plan:
         return [(self.imagined[i], self.real[o - 1]) for i, o in enumerate(self.offsets) if 0 < o <= len(self.real)]
 
 
+def load_policy(policy_dir: Path) -> tuple[DreamZeroJaxPolicy, object, object]:
+    """A saved policy with the sampling settings it was evaluated with, and its pre/post processors."""
+    from lerobot.configs.policies import PreTrainedConfig
+    from lerobot.policies.factory import make_pre_post_processors
+
+    import lerobot_policy_dreamzero  # noqa: F401  (registers the policy type)
+
+    pcfg = PreTrainedConfig.from_pretrained(policy_dir)
+    pre, post = make_pre_post_processors(pcfg, pretrained_path=str(policy_dir))
+    return DreamZeroJaxPolicy.from_pretrained(policy_dir, config=pcfg), pre, post
+
+
 def run_episode(policy: DreamZeroJaxPolicy, make_env: Callable[[], gym.Env], seed: int, pre=None, post=None,
                 max_steps: int | None = None) -> list[Plan]:
     env = make_env()

@@ -210,16 +210,9 @@ def _record_success_in_model_card(cfg: ReachJobConfig, policy_dir: Path, summary
 
 
 def _imagination(cfg: ReachJobConfig, policy_dir: Path, path: Path) -> dict:
-    from lerobot.configs.policies import PreTrainedConfig
-    from lerobot.policies.factory import make_pre_post_processors
+    from eval.imagination import load_policy, reach_env, score_imagination
 
-    import lerobot_policy_dreamzero  # noqa: F401
-    from dreamzero_policy.modeling_dreamzero import DreamZeroJaxPolicy
-    from eval.imagination import reach_env, score_imagination
-
-    pcfg = PreTrainedConfig.from_pretrained(policy_dir)  # the sampling settings it was evaluated with
-    policy = DreamZeroJaxPolicy.from_pretrained(policy_dir, config=pcfg)
-    pre, post = make_pre_post_processors(pcfg, pretrained_path=str(policy_dir))
+    policy, pre, post = load_policy(policy_dir)
     seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.imagination_episodes))
     return score_imagination(policy, reach_env(policy, cfg.env, cfg.image_size, cfg.layout), seeds, path, pre=pre,
                              post=post)
