@@ -2,13 +2,15 @@
 
   1. record MetaWorld's scripted experts on several tasks whose object is placed at random (so only the
      camera says where it is) into one LeRobotDataset v3, the task sentence as the instruction
-  2. fit the ``small`` preset's own VAE to their frames (``dreamzero-fit-vae``; held-out PSNR)
-  3. train DreamZero on the fitted VAE's latents with ``dreamzero-train`` (windows of 2 chunks)
+  2. with ``--vae_steps>0`` (off by default: it costs ~11 min), fit the ``small`` preset's own VAE to their
+     frames (``dreamzero-fit-vae``; held-out PSNR); otherwise the preset's random VAE is kept
+  3. train DreamZero with ``dreamzero-train`` (windows of 2 chunks); its loss curve is redrawn with the
+     closed-loop success marked at the step it was evaluated
   4. train LeRobot's ACT and Diffusion Policy with ``lerobot-train`` on the same dataset, each with the
      wall-clock seconds DreamZero's training took (VAE fit + frozen-encoder pass + DiT training)
   5. evaluate every policy with ``lerobot-eval --env.type=dz_metaworld`` per task on the same held-out
      seeds, plus DreamZero with its context reset every chunk, DreamZero with the instruction blanked and a
-     random policy; print and save one table
+     random policy; print and save one table (and, with a fitted VAE, the imagined futures scored per task)
 
     uv run --frozen --all-extras python -m eval.main_job [--demos_per_task=30] [--tasks=...] [--out=outputs/main_job]
 
@@ -21,6 +23,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +33,8 @@ import draccus
 # Headless rendering for the in-process stages (recording, random baseline); set before MuJoCo is imported.
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+from dreamzero_policy.training.curves import save_training_curves
+from dreamzero_policy.training.metrics_log import MetricsLog
 from eval.job_steps import SecondsLedger, Stage, console_script, subprocess_env
 
 DEFAULT_TASKS = "button-press-v3,drawer-open-v3,door-open-v3"
@@ -122,6 +127,31 @@ def _evaluate(cfg: MetaworldJobConfig, policy_dir: Path, out: Path, extra: list[
     return result
 
 
+Evaluation = tuple[str, Path, str, list[str]]  # table row, policy directory, output subfolder, lerobot-eval flags
+
+
+def evaluations(cfg: MetaworldJobConfig, policy_dir: Path, peers: dict[str, dict]) -> list[Evaluation]:
+    """Every policy the job evaluates on the same seeds, in table order."""
+    evals = [(f"DreamZero ({cfg.preset})", policy_dir, "eval_dreamzero", ["--policy.save_predicted_video=true"])]
+    if cfg.num_chunks > 1 and cfg.context_ablation:
+        # Same policy and seeds, the KV-cached context dropped after every chunk: what memory across chunks buys.
+        evals.append(("DreamZero, context reset every chunk", policy_dir, "eval_reset_every_chunk",
+                      ["--policy.max_chunks_before_reset=1"]))
+    evals.append(("DreamZero, instruction blanked", policy_dir, "eval_blank", ["--policy.blank_instruction=true"]))
+    return evals + [(PEER_NAMES[kind], Path(info["policy_dir"]), f"eval_{kind}", []) for kind, info in peers.items()]
+
+
+def run_evaluations(evals: list[Evaluation], workers: int,
+                    evaluate: Callable[[Path, str, list[str]], dict]) -> dict[str, dict]:
+    """``evaluate(policy_dir, subfolder, flags)`` of every evaluation, ``workers`` at a time (one lerobot-eval
+    leaves a core idle through its single-threaded start-up and MuJoCo rendering); results in table order."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        # Diffusion Policy's is the longest (10 DDIM steps per chunk): started first, the others fill in.
+        order = sorted(evals, key=lambda e: e[2] != "eval_diffusion")
+        futures = {name: pool.submit(evaluate, pdir, sub, extra) for name, pdir, sub, extra in order}
+        return {name: futures[name].result() for name, *_ in evals}
+
+
 def run(cfg: MetaworldJobConfig) -> dict:
     from dreamzero_envs.record_metaworld import record_metaworld
     from eval.baselines import metaworld_random_success
@@ -208,21 +238,10 @@ def run(cfg: MetaworldJobConfig) -> dict:
                 record.write_text(json.dumps(info | {"short_run_flags": PEER_SHORT_RUN_FLAGS[kind]}, indent=2))
             peers[kind] = json.loads(record.read_text())
 
-    # Every policy on the same seeds. Evaluations overlap `eval_workers` at a time: one lerobot-eval leaves a
-    # core idle through its single-threaded start-up and MuJoCo rendering. Each one's own seconds are kept.
-    evals = [(f"DreamZero ({cfg.preset})", policy_dir, "eval_dreamzero", ["--policy.save_predicted_video=true"])]
-    if cfg.num_chunks > 1 and cfg.context_ablation:
-        # Same policy and seeds, the KV-cached context dropped after every chunk: what memory across chunks buys.
-        evals.append(("DreamZero, context reset every chunk", policy_dir, "eval_reset_every_chunk",
-                      ["--policy.max_chunks_before_reset=1"]))
-    evals.append(("DreamZero, instruction blanked", policy_dir, "eval_blank", ["--policy.blank_instruction=true"]))
-    evals += [(PEER_NAMES[kind], Path(info["policy_dir"]), f"eval_{kind}", []) for kind, info in peers.items()]
+    evals = evaluations(cfg, policy_dir, peers)
     with Stage(t, f"evaluate {len(evals)} policies with lerobot-eval, {cfg.eval_workers} at a time"):
-        with ThreadPoolExecutor(max_workers=cfg.eval_workers) as pool:
-            # Diffusion Policy's is the longest (10 DDIM steps per chunk): started first, the others fill in.
-            order = sorted(evals, key=lambda e: e[2] != "eval_diffusion")
-            futures = {name: pool.submit(_evaluate, cfg, pdir, out / sub, extra) for name, pdir, sub, extra in order}
-            results: dict[str, dict] = {name: futures[name].result() for name, *_ in evals}
+        results = run_evaluations(evals, cfg.eval_workers,
+                                  lambda pdir, sub, extra: _evaluate(cfg, pdir, out / sub, extra))
     with Stage(t, "evaluate random actions"):
         seeds = range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes_per_task)
         done, settings = out / "eval_random.json", [cfg.task_list, [seeds.start, seeds.stop], cfg.eval_episode_length]
@@ -239,8 +258,16 @@ def run(cfg: MetaworldJobConfig) -> dict:
         with Stage(t, "imagined futures, scored"):
             imagination = _imagination(cfg, policy_dir, out)
 
+    # The trainer's curve, with the closed-loop success of this policy marked at the step it was evaluated.
+    step = json.loads((policy_dir / "train_meta.json").read_text())["step"]
+    marks = [(step, results[name]["overall"], label) for name, label in
+             ((evals[0][0], "success, context kept"), ("DreamZero, context reset every chunk",
+                                                       "success, context reset every chunk")) if name in results]
+    curve = save_training_curves(MetricsLog(train_dir / "metrics.jsonl").read(), train_dir / "loss_curve.png", marks)
+
     summary = {
         "success_pct": results, "tasks": cfg.task_list, "imagined_future_psnr_db": imagination,
+        "loss_curve": {"path": str(curve), "success_marked": [list(m) for m in marks]},
         "eval": {"episodes_per_task": cfg.eval_episodes_per_task, "seeds": [seeds.start, seeds.stop - 1],
                  "episode_length": cfg.eval_episode_length},
         "demonstrations": demos, "training_budget_s": round(budget, 1), "vae": vae_report,

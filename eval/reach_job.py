@@ -1,7 +1,7 @@
 """The reach job (the fast world-model job on the dz_reach sim), end to end, with no pretrained weights or Hub:
 
   1. record scripted-expert demonstrations of the language-conditioned reach task (LeRobotDataset v3)
-  2. fit the ``small`` preset's own VAE to their frames (``dreamzero-fit-vae``; held-out PSNR)
+  2. fit the ``small_wm`` preset's own VAE to their frames (``dreamzero-fit-vae``; held-out PSNR)
   3. train the DreamZero DiT on the fitted VAE's latents with ``dreamzero-train`` (windows of 2 chunks),
      which exports the policy directory when it finishes
   4. evaluate it closed loop with ``lerobot-eval`` on held-out seeds (the context kept for 2 chunks, and
@@ -38,12 +38,12 @@ class ReachJobConfig:
     layout: str = "fixed"
     demos: int = 100
     image_size: int = 64
-    preset: str = "small"
+    preset: str = "small_wm"  # `small` with a VAE sized to be fitted (twice the channels, 2x2 pixel patch, z=16)
     steps: int = 1000
     batch_size: int = 16
     lr: float = 3e-4
     num_chunks: int = 2  # chunks per training window = chunks the evaluated context keeps before it resets
-    vae_steps: int = 700  # fitting the preset's VAE to the demonstrations' frames (dreamzero-fit-vae)
+    vae_steps: int = 2800  # fitting the preset's VAE to the demonstrations' frames (dreamzero-fit-vae)
     vae_batch: int = 2  # clips per VAE step
     vae_frames: int = 48  # single frames per VAE step
     vae_holdout: int = 10  # demonstration episodes the VAE never trains on (its PSNR is measured on them)

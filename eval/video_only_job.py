@@ -54,6 +54,9 @@ class VideoOnlyJobConfig:
     demo_episode_length: int = 200
     image_size: int = 64
     preset: str = "small"
+    # A fitted VAE both arms start from (dreamzero-fit-vae's pretrained_model; its preset, views and cameras
+    # come with it), so the video loss is on latents that carry the picture. None: the preset's random VAE.
+    vae_policy: str | None = None
     steps: int = 1000
     batch_size: int = 16
     lr: float = 3e-4
@@ -78,6 +81,9 @@ class VideoOnlyJobConfig:
             self.inference_steps, self.n_action_steps = 2, 0
         if self.labelled_per_task < 1 or self.video_only_per_task < 1:
             raise ValueError("--labelled_per_task and --video_only_per_task must be >= 1")
+        if self.vae_policy and not (Path(self.vae_policy) / "config.json").is_file():
+            raise ValueError(f"--vae_policy={self.vae_policy} is not a policy directory (no config.json): pass "
+                             "dreamzero-fit-vae's <output_dir>/pretrained_model")
         if not 0.0 < self.ratio < 1.0:
             raise ValueError(f"--ratio must be in (0, 1), got {self.ratio}")
         # Env seeds each set may use (the recorder retries failed expert episodes: at most 2n + 10 per task).
@@ -106,6 +112,14 @@ def _record(cfg: VideoOnlyJobConfig, root: Path, marker: Path, n: int, seed: int
         marker.write_text(json.dumps({"episodes": s.episodes, "expert_failures_dropped": s.failed,
                                       "frames": s.frames, "seeds": s.seeds, "actions": actions}))
     return json.loads(marker.read_text())
+
+
+def policy_start(cfg: VideoOnlyJobConfig) -> list[str]:
+    """What both arms' policy starts from: a fitted VAE's policy directory, or the preset at the job's views."""
+    if cfg.vae_policy:
+        return [f"--policy.path={cfg.vae_policy}"]
+    return [f"--policy.preset={cfg.preset}", f"--policy.view_height={cfg.image_size}",
+            f"--policy.view_width={cfg.image_size}", "--policy.device=cpu", "--policy.cameras=[observation.image]"]
 
 
 def loss_summary(metrics: list[dict], window: int = LOSS_WINDOW) -> dict[str, float]:
@@ -170,9 +184,7 @@ def run(cfg: VideoOnlyJobConfig) -> dict:
     pre = out / "precomputed"
     common = [
         "--dataset.repo_id=local/labelled", f"--dataset.root={labelled}",
-        f"--policy.preset={cfg.preset}", f"--policy.view_height={cfg.image_size}",
-        f"--policy.view_width={cfg.image_size}", "--policy.device=cpu", "--policy.cameras=[observation.image]",
-        f"--policy.num_inference_steps={cfg.inference_steps}", "--policy.cfg_scale=1.0",
+        *policy_start(cfg), f"--policy.num_inference_steps={cfg.inference_steps}", "--policy.cfg_scale=1.0",
         f"--policy.n_action_steps={cfg.n_action_steps}", f"--policy.max_chunks_before_reset={cfg.num_chunks}",
         f"--steps={cfg.steps}", f"--batch_size={cfg.batch_size}", f"--save_freq={max(1, cfg.steps // 4)}",
         f"--seed={cfg.seed}", f"--windows.num_chunks={cfg.num_chunks}", f"--optim.lr={cfg.lr}",
@@ -271,6 +283,8 @@ def format_table(summary: dict) -> str:
         f"Budget, both arms: {b['steps']} steps of batch {b['batch_size']} (same lr, seed and labelled windows); "
         f"the mixed arm draws {b['ratio']:.0%} of every batch from the video-only episodes. One frozen-encoder "
         f"pass over both datasets: {_secs(b['precompute_s'])} s.",
+        "VAE: " + (f"fitted, from {vae}" if (vae := summary.get("config", {}).get("vae_policy"))
+                   else "the preset's randomly initialised one") + ", the same for both arms.",
         f"Evaluation: lerobot-eval, {e['episodes_per_task']} held-out episodes per task (seeds "
         f"{e['seeds'][0]}..{e['seeds'][1]}, {e['episode_length']} steps at most).",
         f"Training losses: mean of the first → last {LOSS_WINDOW} steps (the action loss over labelled samples "

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
+from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from eval.main_job import PEER_NAMES, MetaworldJobConfig, run  # noqa: E402
+from eval.main_job import PEER_NAMES, MetaworldJobConfig, evaluations, run, run_evaluations  # noqa: E402
 
 
 def test_main_job_metaworld_toy(tmp_path):
@@ -30,6 +33,10 @@ def test_main_job_metaworld_toy(tmp_path):
     info = json.loads((out / "eval_dreamzero" / "eval_info.json").read_text())
     assert [e["task_group"] for e in info["per_task"]] == tasks
     assert list((out / "eval_dreamzero" / "videos").rglob("pred_episode_*.mp4"))  # imagined videos
+    # the training curve is redrawn with DreamZero's closed-loop success marked at the step it was evaluated
+    assert summary["loss_curve"]["success_marked"] == [
+        [cfg.steps, summary["success_pct"]["DreamZero (tiny)"]["overall"], "success, context kept"]]
+    assert (out / "train" / "loss_curve.png").stat().st_size > 0
     table = (out / "table.md").read_text()
     assert all(name in table for name in summary["success_pct"]) and "| mean |" in table
     assert summary["training_budget_s"] > 0 and set(summary["seconds"]) >= {
@@ -44,3 +51,43 @@ def test_main_job_metaworld_toy(tmp_path):
     assert again["success_pct"]["DreamZero (tiny)"] == summary["success_pct"]["DreamZero (tiny)"]
     assert again["training_budget_s"] == summary["training_budget_s"]
     assert not again["training_budget_undercounted"]
+
+
+def test_context_ablation_flag_adds_the_reset_row_on_the_same_policy():
+    peers = {"act": {"policy_dir": "/p/act"}}
+    kept = evaluations(MetaworldJobConfig(context_ablation=True), Path("/p/dz"), peers)
+    assert [e[0] for e in kept] == ["DreamZero (small)", "DreamZero, context reset every chunk",
+                                    "DreamZero, instruction blanked", PEER_NAMES["act"]]
+    reset = kept[1]
+    assert reset[1] == Path("/p/dz") and reset[3] == ["--policy.max_chunks_before_reset=1"]
+    for cfg in (MetaworldJobConfig(context_ablation=False), MetaworldJobConfig(num_chunks=1)):
+        assert "DreamZero, context reset every chunk" not in [e[0] for e in evaluations(cfg, Path("/p/dz"), peers)]
+
+
+class _ConcurrencyProbe:
+    """A fake evaluation that records how many run at once and in what order they start."""
+
+    def __init__(self):
+        self.lock, self.running, self.peak, self.started = threading.Lock(), 0, 0, []
+
+    def __call__(self, pdir, sub, extra):
+        with self.lock:
+            self.started.append(sub)
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        time.sleep(0.05)
+        with self.lock:
+            self.running -= 1
+        return {"sub": sub, "extra": extra}
+
+
+def test_evaluations_run_eval_workers_at_a_time_diffusion_first():
+    evals = [(f"row {i}", Path(f"/p/{i}"), f"eval_{i}", [f"--flag={i}"]) for i in range(5)]
+    evals.append(("Diffusion", Path("/p/d"), "eval_diffusion", []))
+    for workers in (1, 2, 3):
+        probe = _ConcurrencyProbe()
+        results = run_evaluations(evals, workers, probe)
+        assert probe.peak == workers
+        assert probe.started[0] == "eval_diffusion"
+        assert list(results) == [e[0] for e in evals]  # table order, whatever the finishing order
+        assert all(results[name] == {"sub": sub, "extra": extra} for name, _, sub, extra in evals)

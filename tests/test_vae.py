@@ -1,4 +1,5 @@
-"""Wan VAE parity against diffusers ``AutoencoderKLWan`` (Wan2.1 z16 layout and Wan2.2 z48 layout)."""
+"""Wan VAE parity against diffusers ``AutoencoderKLWan`` (Wan2.1 z16 layout, Wan2.2 z48 layout, and the Wan2.1
+blocks behind a 2x2 pixel patch of the ``small_wm`` preset)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,14 @@ def _configs(variant: str) -> tuple[dict, VAEConfig, int]:
             latents_mean=mean,
             latents_std=std,
         )
+        return dict(kw, latents_mean=list(mean), latents_std=list(std)), cfg, 16
+    if variant == "patched21":  # the `small_wm` layout: Wan2.1 blocks behind Wan2.2's 2x2 pixel patch
+        z = 4
+        mean, std = _tables(z, 2)
+        kw = dict(base_dim=8, z_dim=z, dim_mult=[1, 2, 2], temperal_downsample=[True, True], num_res_blocks=1,
+                  patch_size=2, in_channels=12, out_channels=12, scale_factor_spatial=8)
+        cfg = VAEConfig(z_dim=z, base_dim=8, dim_mult=(1, 2, 2), temporal_downsample=(True, True), num_res_blocks=1,
+                        patch_size=2, latents_mean=mean, latents_std=std)
         return dict(kw, latents_mean=list(mean), latents_std=list(std)), cfg, 16
     z = 8
     mean, std = _tables(z, 1)
@@ -102,7 +111,7 @@ class Case:
     decoded: np.ndarray  # ours.decode(normalised z_raw, clip=False)
 
 
-@pytest.fixture(scope="module", params=["wan21", "wan22"])
+@pytest.fixture(scope="module", params=["wan21", "wan22", "patched21"])
 def case(request) -> Case:
     peer, ours, size = _build(request.param)
     s, z = ours.cfg.spatial_factor, ours.cfg.z_dim

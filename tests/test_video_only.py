@@ -27,7 +27,7 @@ from dreamzero_policy.training.config import PrecomputeConfig, TrainConfig, Vide
 from dreamzero_policy.training.data import EpisodeTable, PositionSampler, dataset_stats
 from dreamzero_policy.training.loss import TrainBatch, teacher_forcing_loss
 from dreamzero_policy.training.mixing import MixedDataset, RatioSchedule
-from eval.video_only_job import VideoOnlyJobConfig, format_table, loss_summary
+from eval.video_only_job import VideoOnlyJobConfig, format_table, loss_summary, policy_start
 
 B, F, H, W = 2, 5, 4, 4  # frame 0 + 2 blocks of 2 latent frames
 
@@ -260,8 +260,18 @@ def test_video_only_job_table_and_seed_guard() -> None:
     table = format_table(summary)
     assert "| labelled only | 20 % | 0 % | **10 %** |" in table and "| labelled + video-only | 40 % |" in table
     assert "seeds 100000..100019" in table and "200 steps of batch 16" in table and "| 0.250 / 0.300 | 0.500 |" in table
-    assert "3 unseen labelled episodes per task" in table
+    assert "3 unseen labelled episodes per task" in table and "VAE: the preset's randomly initialised" in table
+    assert "VAE: fitted, from /v/pretrained_model" in format_table(summary | {"config": {"vae_policy":
+                                                                                         "/v/pretrained_model"}})
     with pytest.raises(ValueError, match="overlap"):
         VideoOnlyJobConfig(video_only_seed=5)
     with pytest.raises(ValueError, match="ratio"):
         VideoOnlyJobConfig(ratio=1.0)
+
+
+def test_video_only_job_starts_both_arms_from_a_fitted_vae_when_given(tmp_path) -> None:
+    assert "--policy.preset=small" in policy_start(VideoOnlyJobConfig())
+    with pytest.raises(ValueError, match="not a policy directory"):
+        VideoOnlyJobConfig(vae_policy=str(tmp_path))
+    (tmp_path / "config.json").write_text("{}")
+    assert policy_start(VideoOnlyJobConfig(vae_policy=str(tmp_path))) == [f"--policy.path={tmp_path}"]

@@ -1,11 +1,13 @@
 """``dreamzero-fit-vae``: fit a preset's own Wan VAE to a dataset's frames, before the DiT is trained.
 
-    dreamzero-fit-vae --dataset.repo_id=local/dz_reach --dataset.root=data/dz_reach --policy.preset=small \\
-        --policy.view_height=64 --policy.view_width=64 --output_dir=outputs/vae --steps=3000
+    dreamzero-fit-vae --dataset.repo_id=local/dz_reach --dataset.root=data/dz_reach --policy.preset=small_wm \\
+        --policy.view_height=64 --policy.view_width=64 --output_dir=outputs/vae --steps=1400
     dreamzero-train --policy.path=outputs/vae/pretrained_model ...   (the DiT then trains on its latents)
 
-The ``tiny`` / ``small`` presets ship no VAE weights: a random VAE's latents carry the picture badly and
-its decoder turns imagined latents into coloured noise. This fits the preset's architecture (causal,
+The ``tiny`` / ``small`` / ``small_wm`` presets ship no VAE weights: a random VAE's latents carry the
+picture badly and its decoder turns imagined latents into coloured noise (``small_wm`` is ``small`` with a
+VAE sized to be fitted: 27.5 dB held-out on MetaWorld at 1,400 steps, where ``small``'s reaches 23.6 dB at
+700 steps and costs ~1.8x more per step). This fits the preset's architecture (causal,
 chunked: clips of 1 + 4k frames, the first frame alone) on clips cut and cropped exactly as the DiT's
 training windows are, with the loss the Wan VAE is trained with minus its perceptual and adversarial
 terms: reconstruction (L1 + squared error) of a sample from the posterior plus a small KL term to
