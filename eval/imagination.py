@@ -99,16 +99,26 @@ def run_episode(policy: DreamZeroJaxPolicy, make_env: Callable[[], gym.Env], see
     return plans
 
 
+def pooled_psnr(triples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[float, float]:
+    """(imagined, real, last observed) frames -> PSNR of the imagined frames and of copying the last frame,
+    each from the mean squared error over all frames: a frame the baseline matches exactly (a robot at rest)
+    adds zero error instead of an infinite PSNR that a mean of per-frame PSNRs would swallow the rest with."""
+    imagined, real, last = (np.stack(x) for x in zip(*triples, strict=True))
+    return psnr(imagined, real), psnr(last, real)
+
+
 def score(plans: list[Plan]) -> dict[str, dict[str, float]]:
-    """Per chunk index: mean PSNR of imagined frames and of the copy-last-frame baseline, and the count."""
-    by_chunk: dict[int, dict[str, list[float]]] = {}
+    """Per chunk index: PSNR of imagined frames and of the copy-last-frame baseline (pooled over the chunk's
+    frames), and the frame count."""
+    by_chunk: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
     for p in plans:
-        for imagined, real in p.scored():
-            d = by_chunk.setdefault(p.chunk, {"imagined": [], "copy_last": []})
-            d["imagined"].append(psnr(imagined, real))
-            d["copy_last"].append(psnr(p.start, real))
-    return {str(k): {"imagined_psnr_db": float(np.mean(v["imagined"])), "copy_last_psnr_db": float(np.mean(v["copy_last"])),
-                     "frames": len(v["imagined"])} for k, v in sorted(by_chunk.items())}
+        by_chunk.setdefault(p.chunk, []).extend((imagined, real, p.start) for imagined, real in p.scored())
+    out = {}
+    for k, triples in sorted(by_chunk.items()):
+        if triples:
+            im, cp = pooled_psnr(triples)
+            out[str(k)] = {"imagined_psnr_db": im, "copy_last_psnr_db": cp, "frames": len(triples)}
+    return out
 
 
 def score_imagination(policy: DreamZeroJaxPolicy, make_env: Callable[[], gym.Env], seeds: list[int], out: Path,
@@ -140,8 +150,7 @@ def save_picture(plans: list[Plan], out: Path, title: str = "", scale: int = 3) 
         canvas.paste(strip, (label_w, 0))
         d = ImageDraw.Draw(canvas)
         h = strip.height // 2
-        im = np.mean([psnr(a, b) for a, b in pairs])
-        cp = np.mean([psnr(p.start, b) for _, b in pairs])
+        im, cp = pooled_psnr([(a, b, p.start) for a, b in pairs])
         d.text((4, 4), f"imagined\nchunk {p.chunk}\nPSNR {im:.1f} dB", fill="black")
         d.text((4, h + 4), f"real\n(copy-last\n{cp:.1f} dB)", fill="black")
         rows.append(canvas)

@@ -57,3 +57,26 @@ def test_reach_job_toy(tmp_path):
               "evaluate blank-instruction baseline (lerobot-eval)", "evaluate random baseline",
               "imagined futures, scored (held-out seeds)"}
     assert set(on_disk["seconds"]) == stages and all(t >= 0 for t in on_disk["seconds"].values())
+
+
+def test_imagination_scores_pool_the_error_of_a_chunk():
+    """A frame the copy-last baseline matches exactly (a robot at rest) must not make the chunk's PSNR infinite."""
+    import numpy as np
+
+    from dreamzero_policy.training.vae_fit import psnr
+    from eval.imagination import Plan, score
+
+    rng = np.random.default_rng(0)
+    start = rng.uniform(-1, 1, (8, 8, 3))
+    moved = np.clip(start + 0.2, -1, 1)
+    imagined = np.stack([start * 0.9, moved * 0.9])
+    at_rest = Plan(chunk=1, start=start, imagined=imagined, offsets=np.array([1, 2]), real=[start, start])
+    moving = Plan(chunk=1, start=start, imagined=imagined, offsets=np.array([1, 2]), real=[moved, moved])
+    late = Plan(chunk=2, start=start, imagined=imagined, offsets=np.array([1, 3]), real=[moved])  # 2nd never seen
+    s = score([at_rest, moving, late])
+    assert set(s) == {"1", "2"} and s["1"]["frames"] == 4 and s["2"]["frames"] == 1
+    real = np.stack([start, start, moved, moved])
+    assert np.isfinite(s["1"]["copy_last_psnr_db"])
+    assert s["1"]["copy_last_psnr_db"] == psnr(np.stack([start] * 4), real)
+    assert s["1"]["imagined_psnr_db"] == psnr(np.concatenate([imagined, imagined]), real)
+    assert score([at_rest])["1"]["copy_last_psnr_db"] == float("inf")  # only when every frame is matched
