@@ -2,8 +2,8 @@
 
   1. record MetaWorld's scripted experts on several tasks whose object is placed at random (so only the
      camera says where it is) into one LeRobotDataset v3, the task sentence as the instruction
-  2. with ``--vae_steps>0`` (off by default: it costs ~11 min), fit the ``small`` preset's own VAE to their
-     frames (``dreamzero-fit-vae``; held-out PSNR); otherwise the preset's random VAE is kept
+  2. with ``--vae_steps>0`` (off by default: 2,800 steps of ``--preset=small_wm`` cost ~23 min), fit the
+     preset's own VAE to their frames (``dreamzero-fit-vae``; held-out PSNR); otherwise it stays random
   3. train DreamZero with ``dreamzero-train`` (windows of 2 chunks); its loss curve is redrawn with the
      closed-loop success marked at the step it was evaluated
   4. train LeRobot's ACT and Diffusion Policy with ``lerobot-train`` on the same dataset, each with the
