@@ -3,7 +3,9 @@
 Training losses of runs on different data do not compare (a run that also sees video-only episodes is
 scored on harder, more varied windows). This scores every policy on the same unseen windows with the same
 timesteps and noise: the video loss says how well it predicts unseen futures (given the noised actions,
-and without them, as a video-only sample), the action loss how well it predicts the expert's actions there. Actions are normalised with the training data's statistics.
+and without them, as a video-only sample), the action loss how well it predicts the expert's actions there,
+with the future video it is denoised with and "video-blind" (that video replaced by pure noise: how much
+the actions read the imagined video at all). Actions are normalised with the training data's statistics.
 """
 
 from __future__ import annotations
@@ -43,9 +45,10 @@ def heldout_losses(
                             make_tokenizer(mc, policy.tokenizer_dir), num_chunks=num_chunks, train=False, stats=stats)
     encode = nnx.jit(encode_raw)
     loss = nnx.jit(lambda dit, batch, key: teacher_forcing_loss(dit, batch, key, FlowMatchSchedule()))
+    blind = nnx.jit(lambda dit, batch, key: teacher_forcing_loss(dit, batch, key, FlowMatchSchedule(), video_blind=True))
     anchors = list(range(0, len(windows), anchor_stride))
     anchors = anchors[: len(anchors) - len(anchors) % batch_size] or anchors  # one batch shape: one compile
-    totals, n = np.zeros(3), 0
+    totals, n = np.zeros(4), 0
     for i, start in enumerate(range(0, len(anchors), batch_size)):
         raw = collate_numpy([windows[a] for a in anchors[start:start + batch_size]])
         batch = encode(model, {k: jax.numpy.asarray(v) for k, v in raw.items()})
@@ -53,8 +56,11 @@ def heldout_losses(
         # the same windows as video-only samples: the future predicted without its actions (pure-noise tokens)
         unlabelled = loss(model.dit, batch._replace(action_mask=jax.numpy.zeros_like(batch.action_mask)),
                           jax.random.key(seed + i))
+        video_blind = blind(model.dit, batch, jax.random.key(seed + i))
         b = len(raw["video"])
-        totals += b * np.array([float(out.video_loss), float(out.action_loss), float(unlabelled.video_loss)])
+        totals += b * np.array([float(out.video_loss), float(out.action_loss), float(unlabelled.video_loss),
+                                float(video_blind.action_loss)])
         n += b
     return {"heldout_video_loss": float(totals[0] / n), "heldout_action_loss": float(totals[1] / n),
-            "heldout_video_loss_no_actions": float(totals[2] / n), "windows": n}
+            "heldout_video_loss_no_actions": float(totals[2] / n),
+            "heldout_action_loss_video_blind": float(totals[3] / n), "windows": n}

@@ -107,9 +107,41 @@ def pooled_psnr(triples: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tup
     return psnr(imagined, real), psnr(last, real)
 
 
-def score(plans: list[Plan]) -> dict[str, dict[str, float]]:
+Locate = Callable[[np.ndarray], np.ndarray | None]
+
+
+def bright_centroid(frame: np.ndarray, threshold: float = 0.0) -> np.ndarray | None:
+    """(row, col) centroid of the pixels whose darkest channel is above ``threshold`` (frames in [-1, 1]), or
+    None when there are none. In ``dz_reach`` the robot is the only near-white thing (245 grey on a dark
+    floor; the targets are saturated colours whose darkest channel is <= 60/255), so this is where it is."""
+    rows, cols = np.nonzero(np.asarray(frame).min(axis=-1) > threshold)
+    return np.array([rows.mean(), cols.mean()]) if len(rows) else None
+
+
+def robot_positions(triples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], locate: Locate) -> dict[str, float | None]:
+    """Where the imagined robot is against where it really was, and where copying the last frame leaves it:
+    PSNR rewards an imagined frame that loses the robot (one error instead of two), this does not. Over the
+    frames whose real robot is found: the share where the imagined one is found too, and on those the mean
+    pixel distance of the imagined and of the last observed robot to the real one."""
+    found, im_err, cp_err = 0, [], []
+    for imagined, real, last in triples:
+        r, s = locate(real), locate(last)
+        if r is None or s is None:
+            continue
+        found += 1
+        i = locate(imagined)
+        if i is not None:
+            im_err.append(float(np.linalg.norm(i - r)))
+            cp_err.append(float(np.linalg.norm(s - r)))
+    return {"robot_found_pct": 100.0 * len(im_err) / max(found, 1),  # None below: no imagined robot found
+            "robot_error_px": float(np.mean(im_err)) if im_err else None,
+            "copy_last_robot_error_px": float(np.mean(cp_err)) if cp_err else None}
+
+
+def score(plans: list[Plan], locate: Locate | None = None) -> dict[str, dict[str, float]]:
     """Per chunk index: PSNR of imagined frames and of the copy-last-frame baseline (pooled over the chunk's
-    frames), and the frame count."""
+    frames), and the frame count; with ``locate`` (frame -> robot position or None) also
+    :func:`robot_positions`."""
     by_chunk: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
     for p in plans:
         by_chunk.setdefault(p.chunk, []).extend((imagined, real, p.start) for imagined, real in p.scored())
@@ -118,15 +150,17 @@ def score(plans: list[Plan]) -> dict[str, dict[str, float]]:
         if triples:
             im, cp = pooled_psnr(triples)
             out[str(k)] = {"imagined_psnr_db": im, "copy_last_psnr_db": cp, "frames": len(triples)}
+            if locate is not None:
+                out[str(k)] |= robot_positions(triples, locate)
     return out
 
 
 def score_imagination(policy: DreamZeroJaxPolicy, make_env: Callable[[], gym.Env], seeds: list[int], out: Path,
-                      pre=None, post=None, picture_plans: int = 4) -> dict:
+                      pre=None, post=None, picture_plans: int = 4, locate: Locate | None = None) -> dict:
     """Score ``seeds`` (held-out episodes of a fresh ``make_env()`` each); save ``<out>.json`` and a labelled
     picture of the first one."""
     episodes = [run_episode(policy, make_env, s, pre, post) for s in seeds]
-    result = {"seeds": list(seeds), "per_chunk": score([p for ep in episodes for p in ep])}
+    result = {"seeds": list(seeds), "per_chunk": score([p for ep in episodes for p in ep], locate)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     save_picture(episodes[0][:picture_plans], out, title=f"seed {seeds[0]}")

@@ -36,7 +36,8 @@ from eval.job_steps import SecondsLedger, Stage, console_script, subprocess_env
 from eval.main_job import DEFAULT_TASKS
 
 ARMS = {"labelled": "labelled only", "mixed": "labelled + video-only"}
-HELDOUT_KEYS = ("heldout_video_loss", "heldout_video_loss_no_actions", "heldout_action_loss")
+HELDOUT_KEYS = ("heldout_video_loss", "heldout_video_loss_no_actions", "heldout_action_loss",
+                "heldout_action_loss_video_blind")
 LOSS_WINDOW = 100  # training losses are noisy per step: report the mean of the last this-many steps
 
 
@@ -53,7 +54,7 @@ class VideoOnlyJobConfig:
     ratio: float = 0.5  # fraction of every batch the mixed arm draws from the video-only episodes
     demo_episode_length: int = 200
     image_size: int = 64
-    preset: str = "small"
+    preset: str | None = None  # None: `small`, or the --vae_policy's preset
     # A fitted VAE both arms start from (dreamzero-fit-vae's pretrained_model; its preset, views and cameras
     # come with it), so the video loss is on latents that carry the picture. None: the preset's random VAE.
     vae_policy: str | None = None
@@ -81,9 +82,10 @@ class VideoOnlyJobConfig:
             self.inference_steps, self.n_action_steps = 2, 0
         if self.labelled_per_task < 1 or self.video_only_per_task < 1:
             raise ValueError("--labelled_per_task and --video_only_per_task must be >= 1")
-        if self.vae_policy and not (Path(self.vae_policy) / "config.json").is_file():
-            raise ValueError(f"--vae_policy={self.vae_policy} is not a policy directory (no config.json): pass "
-                             "dreamzero-fit-vae's <output_dir>/pretrained_model")
+        if self.vae_policy:
+            self._check_vae_policy()
+        elif self.preset is None:
+            self.preset = "small"
         if not 0.0 < self.ratio < 1.0:
             raise ValueError(f"--ratio must be in (0, 1), got {self.ratio}")
         # Env seeds each set may use (the recorder retries failed expert episodes: at most 2n + 10 per task).
@@ -99,6 +101,23 @@ class VideoOnlyJobConfig:
     @property
     def task_list(self) -> list[str]:
         return [t.strip() for t in self.tasks.split(",") if t.strip()]
+
+    def _check_vae_policy(self) -> None:
+        """The fitted VAE's own preset and view size are what both arms train: a different --preset or
+        --image_size would record frames, or name a model, that the VAE was not fitted to."""
+        path = Path(self.vae_policy) / "config.json"
+        if not path.is_file():
+            raise ValueError(f"--vae_policy={self.vae_policy} is not a policy directory (no config.json): pass "
+                             "dreamzero-fit-vae's <output_dir>/pretrained_model")
+        fitted = json.loads(path.read_text())
+        preset, views = fitted.get("preset"), (fitted.get("view_height"), fitted.get("view_width"))
+        if self.preset is not None and self.preset != preset:
+            raise ValueError(f"--preset={self.preset} but --vae_policy holds a fitted {preset!r} VAE: drop --preset "
+                             "(the fitted VAE's preset is used)")
+        if views != (self.image_size, self.image_size):
+            raise ValueError(f"--image_size={self.image_size} but --vae_policy was fitted to {views[0]}x{views[1]} "
+                             f"views: pass --image_size={views[0]}")
+        self.preset = preset
 
 
 def _record(cfg: VideoOnlyJobConfig, root: Path, marker: Path, n: int, seed: int, actions: bool) -> dict:
@@ -265,11 +284,12 @@ def format_table(summary: dict) -> str:
     """Task x arm -> success %, mean over tasks, final losses and training seconds; data, budget, seeds."""
     tasks, b, e, d = summary["tasks"], summary["budget"], summary["eval"], summary["data"]
     lines = ["| arm | " + " | ".join(tasks) + " | mean | train video loss | train action loss | held-out video "
-             "loss (actions given / not) | held-out action loss | train s |", "|---|" + "---:|" * (len(tasks) + 6)]
+             "loss (actions given / not) | held-out action loss (video seen / blind) | train s |", "|---|" + "---:|" * (len(tasks) + 6)]
     for arm, r in summary["success_pct"].items():
         cells = [f"{r['per_task'][task]:.0f} %" for task in tasks]
         v = {k: f"{r[k]:.3f}" if k in r else "?" for k in HELDOUT_KEYS}
-        held = [f"{v['heldout_video_loss']} / {v['heldout_video_loss_no_actions']}", v["heldout_action_loss"]]
+        held = [f"{v['heldout_video_loss']} / {v['heldout_video_loss_no_actions']}",
+                f"{v['heldout_action_loss']} / {v['heldout_action_loss_video_blind']}"]
         lines.append(f"| {ARMS[arm]} | " + " | ".join(cells) + f" | **{r['overall']:.0f} %** | "
                      f"{r['first_video_loss']:.3f} → {r['final_video_loss']:.3f} | "
                      f"{r['first_action_loss']:.3f} → {r['final_action_loss']:.3f} | " + " | ".join(held)

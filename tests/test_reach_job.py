@@ -80,3 +80,33 @@ def test_imagination_scores_pool_the_error_of_a_chunk():
     assert s["1"]["copy_last_psnr_db"] == psnr(np.stack([start] * 4), real)
     assert s["1"]["imagined_psnr_db"] == psnr(np.concatenate([imagined, imagined]), real)
     assert score([at_rest])["1"]["copy_last_psnr_db"] == float("inf")  # only when every frame is matched
+
+
+def test_robot_position_score_tells_a_moving_robot_from_a_vanished_one():
+    """PSNR prefers an imagined frame without the robot to a copy with the robot in its old place; the position
+    score must not: a vanished robot counts as not found, a moved one by its distance to the real one."""
+    import numpy as np
+
+    from dreamzero_envs.reach_base import PALETTE
+    from dreamzero_envs.reach_point import AGENT_COLOR, AGENT_RADIUS
+    from dreamzero_envs.render import Camera, Canvas
+    from eval.imagination import Plan, bright_centroid, score
+
+    def frame(pos=None):  # dz_reach's own renderer: dark floor, the targets, the near-white robot
+        c = Canvas(Camera((0.0, 0.0), 1.0, 32))
+        for i, color in enumerate(PALETTE.values()):
+            c.disc(np.array([-0.6 + 0.4 * i, 0.6]), 0.1, color)
+        if pos is not None:
+            c.disc(np.asarray(pos, float), AGENT_RADIUS, AGENT_COLOR)
+        return c.image.astype(np.float32) / 127.5 - 1
+
+    start, real = frame([-0.5, 0.0]), frame([0.0, 0.0])
+    assert bright_centroid(frame()) is None  # the target is not taken for the robot
+    moved = Plan(chunk=1, start=start, imagined=np.stack([real]), offsets=np.array([1]), real=[real])
+    vanished = Plan(chunk=2, start=start, imagined=np.stack([frame()]), offsets=np.array([1]), real=[real])
+    s = score([moved, vanished], locate=bright_centroid)
+    assert s["1"]["robot_found_pct"] == 100.0 and s["1"]["robot_error_px"] < 0.5
+    assert s["1"]["copy_last_robot_error_px"] > 5  # half the arena of a 32 px frame: 8 px
+    assert s["2"]["robot_found_pct"] == 0.0 and s["2"]["robot_error_px"] is None
+    assert s["2"]["imagined_psnr_db"] > s["2"]["copy_last_psnr_db"]  # the double penalty the position score avoids
+    assert "robot_error_px" not in score([moved])["1"]  # no locator: PSNR only

@@ -100,6 +100,19 @@ def test_in_a_mixed_batch_the_action_decoder_learns_from_the_labelled_sample_alo
     assert float(out.action_loss) > 0.25 * float(both.action_loss)
 
 
+def test_video_blind_actions_see_no_future_video(dit) -> None:
+    """The held-out diagnostic: with ``video_blind`` the actions' loss no longer depends on the video of the
+    blocks being predicted (the last block's latents are seen by nothing else), while it does without it."""
+    key, sched = jax.random.key(5), FlowMatchSchedule()
+    loss = jax.jit(lambda b, blind: teacher_forcing_loss(dit, b, key, sched, video_blind=blind).action_loss,
+                   static_argnums=1)
+    base = _batch(dit, [True, True])
+    fpb = dit.cfg.frames_per_block
+    moved = base._replace(latents=base.latents.at[:, -fpb:].multiply(-3.0))  # another future, same context
+    assert float(loss(moved, True)) == float(loss(base, True))
+    assert float(loss(moved, False)) != float(loss(base, False))
+
+
 # ------------------------------------------------------------------------------------------- the data
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
@@ -250,7 +263,8 @@ def test_video_only_job_table_and_seed_guard() -> None:
     s = loss_summary(metrics)
     assert s["first_video_loss"] > s["final_video_loss"] and s["final_action_loss"] == pytest.approx(0.62625)
     arm = lambda pct: {"per_task": {"a": pct, "b": 0.0}, "overall": pct / 2, "train_s": 10.0, **s,
-                       "heldout_video_loss": 0.25, "heldout_action_loss": 0.5, "heldout_video_loss_no_actions": 0.3}
+                       "heldout_video_loss": 0.25, "heldout_action_loss": 0.5, "heldout_video_loss_no_actions": 0.3,
+                       "heldout_action_loss_video_blind": 0.55}
     summary = {"tasks": ["a", "b"], "success_pct": {"labelled": arm(20.0), "mixed": arm(40.0)},
                "budget": {"steps": 200, "batch_size": 16, "ratio": 0.5, "precompute_s": 5.0},
                "eval": {"episodes_per_task": 20, "seeds": [100000, 100019], "episode_length": 150},
@@ -259,7 +273,7 @@ def test_video_only_job_table_and_seed_guard() -> None:
                         "heldout": {"episodes": {"a": 3, "b": 3}, "frames": 600}}}
     table = format_table(summary)
     assert "| labelled only | 20 % | 0 % | **10 %** |" in table and "| labelled + video-only | 40 % |" in table
-    assert "seeds 100000..100019" in table and "200 steps of batch 16" in table and "| 0.250 / 0.300 | 0.500 |" in table
+    assert "seeds 100000..100019" in table and "200 steps of batch 16" in table and "| 0.250 / 0.300 | 0.500 / 0.550 |" in table
     assert "3 unseen labelled episodes per task" in table and "VAE: the preset's randomly initialised" in table
     assert "VAE: fitted, from /v/pretrained_model" in format_table(summary | {"config": {"vae_policy":
                                                                                          "/v/pretrained_model"}})
@@ -273,5 +287,10 @@ def test_video_only_job_starts_both_arms_from_a_fitted_vae_when_given(tmp_path) 
     assert "--policy.preset=small" in policy_start(VideoOnlyJobConfig())
     with pytest.raises(ValueError, match="not a policy directory"):
         VideoOnlyJobConfig(vae_policy=str(tmp_path))
-    (tmp_path / "config.json").write_text("{}")
-    assert policy_start(VideoOnlyJobConfig(vae_policy=str(tmp_path))) == [f"--policy.path={tmp_path}"]
+    (tmp_path / "config.json").write_text(json.dumps({"preset": "small_wm", "view_height": 64, "view_width": 64}))
+    cfg = VideoOnlyJobConfig(vae_policy=str(tmp_path))
+    assert policy_start(cfg) == [f"--policy.path={tmp_path}"] and cfg.preset == "small_wm"
+    with pytest.raises(ValueError, match="drop --preset"):  # never silently another model than the one named
+        VideoOnlyJobConfig(vae_policy=str(tmp_path), preset="small")
+    with pytest.raises(ValueError, match="--image_size=64"):
+        VideoOnlyJobConfig(vae_policy=str(tmp_path), image_size=32)

@@ -31,7 +31,7 @@ class LossOutput(NamedTuple):
 
 
 def teacher_forcing_loss(
-    model: CausalWanDiT, batch: TrainBatch, key: jax.Array, schedule: FlowMatchSchedule
+    model: CausalWanDiT, batch: TrainBatch, key: jax.Array, schedule: FlowMatchSchedule, video_blind: bool = False
 ) -> LossOutput:
     """x_t = (1 - s) x0 + s * noise, target = noise - x0; per-block timestep ids shared by the block's
     frames and actions (frame 0 independent); weighted MSE as the reference: video MSE averaged over
@@ -44,7 +44,11 @@ def teacher_forcing_loss(
     term is masked out and the action mean runs over the labelled samples only, so a labelled sample weighs
     the same whatever the mix, and an all-video-only batch has action loss exactly 0 (no 0/0).
     (The reference noises zero-valued action inputs at the block's own timestep: at low noise the video block then
-    sees "action = 0", a value a real normalised action takes, which the model could learn to associate.)"""
+    sees "action = 0", a value a real normalised action takes, which the model could learn to associate.)
+
+    ``video_blind`` (a diagnostic, never for training): every predicted block's video is pure noise at the
+    pure-noise timestep, while frame 0 and the earlier blocks' clean context stay; the action loss then says
+    how well the actions are predicted without the future video they are denoised with."""
     cfg = model.cfg
     b, f = batch.latents.shape[:2]
     nb = (f - 1) // cfg.frames_per_block
@@ -52,6 +56,8 @@ def teacher_forcing_loss(
     video_ids, action_ids = schedule.sample_blockwise_timestep_ids(
         k_t, b, nb, cfg.frames_per_block, cfg.actions_per_block
     )
+    if video_blind:
+        video_ids = video_ids.at[:, 1:].set(0)  # id 0 = sigma 1
     noise_v = jax.random.normal(k_nv, batch.latents.shape, jnp.float32)
     noise_a = jax.random.normal(k_na, batch.actions.shape, jnp.float32)
     x0_v = batch.latents.astype(jnp.float32)
