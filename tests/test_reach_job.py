@@ -47,6 +47,7 @@ def test_reach_job_toy(tmp_path):
     assert scored["seeds"] == [100_000] and scored["per_chunk"] == summary["imagined_future_psnr_db"]
     for chunk in scored["per_chunk"].values():  # 12 steps of 4-action chunks: every chunk scored
         assert chunk["frames"] > 0 and chunk["imagined_psnr_db"] > 0 and chunk["copy_last_psnr_db"] > 0
+        assert 0 <= chunk["robot_found_pct"] <= 100  # dz_reach's robot is located in the frames as well
 
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["success_pct"] == summary["success_pct"]
