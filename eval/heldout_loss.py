@@ -10,6 +10,7 @@ the actions read the imagined video at all). Actions are normalised with the tra
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -44,8 +45,7 @@ def heldout_losses(
     windows = WindowDataset(open_dataset("local/heldout", heldout_root), policy, mc,
                             make_tokenizer(mc, policy.tokenizer_dir), num_chunks=num_chunks, train=False, stats=stats)
     encode = nnx.jit(encode_raw)
-    loss = nnx.jit(lambda dit, batch, key: teacher_forcing_loss(dit, batch, key, FlowMatchSchedule()))
-    blind = nnx.jit(lambda dit, batch, key: teacher_forcing_loss(dit, batch, key, FlowMatchSchedule(), video_blind=True))
+    loss = nnx.jit(partial(teacher_forcing_loss, schedule=FlowMatchSchedule()), static_argnames="video_blind")
     anchors = list(range(0, len(windows), anchor_stride))
     anchors = anchors[: len(anchors) - len(anchors) % batch_size] or anchors  # one batch shape: one compile
     totals, n = np.zeros(4), 0
@@ -56,7 +56,7 @@ def heldout_losses(
         # the same windows as video-only samples: the future predicted without its actions (pure-noise tokens)
         unlabelled = loss(model.dit, batch._replace(action_mask=jax.numpy.zeros_like(batch.action_mask)),
                           jax.random.key(seed + i))
-        video_blind = blind(model.dit, batch, jax.random.key(seed + i))
+        video_blind = loss(model.dit, batch, jax.random.key(seed + i), video_blind=True)
         b = len(raw["video"])
         totals += b * np.array([float(out.video_loss), float(out.action_loss), float(unlabelled.video_loss),
                                 float(video_blind.action_loss)])

@@ -39,7 +39,7 @@ class ReachJobConfig:
     demos: int = 100
     image_size: int = 64
     preset: str = "small_wm"  # `small` with a VAE sized to be fitted (twice the channels, 2x2 pixel patch, z=16)
-    steps: int = 4000  # at 1,000 the actions were learnt (94 %) but the imagined robot faded out instead of moving
+    steps: int = 4000  # at 1,000 the actions were learnt (92 %) but the imagined robot faded out instead of moving
     batch_size: int = 16
     lr: float = 3e-4
     num_chunks: int = 2  # chunks per training window = chunks the evaluated context keeps before it resets
