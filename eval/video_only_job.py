@@ -9,8 +9,13 @@ dropped: a LeRobotDataset without an `action` feature), at the same training bud
      ``--video_only.*``); the labelled-only arm reads its labelled part, bit-identical for both arms
   3. train each arm with ``dreamzero-train``, same steps, batch, lr and seed; the mixed arm draws
      ``--ratio`` of every batch from the video-only episodes (video loss only for those)
-  4. evaluate each arm per task; score both on the same held-out labelled episodes (video and action loss,
-     same noise: eval.heldout_loss); print and save one table (success %, budget, seeds, losses)
+  4. evaluate each arm per task; score both on the same held-out labelled episodes of every task (video and
+     action loss, same noise, the action loss also per task: eval.heldout_loss); print and save one table
+     (success %, budget, seeds, losses)
+
+The second arm is the same job with the tasks split: ``--video_only_tasks=T --labelled_tasks=<the others>``
+records T only as video-only episodes (its instruction given), so the labelled-only policy never saw T at all
+and the mixed one saw it without actions; both are evaluated on every task of ``--tasks``, T included.
 
     uv run --frozen --all-extras python -m eval.video_only_job [--labelled_per_task=2] [--video_only_per_task=25] [--ratio=0.5]
 
@@ -44,7 +49,11 @@ LOSS_WINDOW = 100  # training losses are noisy per step: report the mean of the 
 @dataclass
 class VideoOnlyJobConfig:
     out: str = "outputs/video_only_job"
-    tasks: str = DEFAULT_TASKS
+    tasks: str = DEFAULT_TASKS  # evaluated, and held out; by default also the labelled and the video-only tasks
+    # The second arm: a task only ever seen as video-only episodes (--video_only_tasks=T, --labelled_tasks= the
+    # others): the labelled-only policy never saw T at all. None: every task of --tasks.
+    labelled_tasks: str | None = None
+    video_only_tasks: str | None = None
     # K: labelled-only must stay clearly below the ceiling; measured at 1000 steps: K=4 reached 77 %, K=2 63 %.
     labelled_per_task: int = 2
     video_only_per_task: int = 25  # M
@@ -86,12 +95,15 @@ class VideoOnlyJobConfig:
             self._check_vae_policy()
         elif self.preset is None:
             self.preset = "small"
+        for flag, names in (("--labelled_tasks", self.labelled_task_list), ("--video_only_tasks", self.video_only_task_list)):
+            if not names or not set(names) <= set(self.task_list):
+                raise ValueError(f"{flag} must name some of --tasks={self.tasks}, got {','.join(names) or 'none'}")
         if not 0.0 < self.ratio < 1.0:
             raise ValueError(f"--ratio must be in (0, 1), got {self.ratio}")
-        # Env seeds each set may use (the recorder retries failed expert episodes: at most 2n + 10 per task).
-        spans = {"labelled": (0, 2 * self.labelled_per_task + 10),
-                 "video-only": (self.video_only_seed, self.video_only_seed + 2 * self.video_only_per_task + 10),
-                 "held-out": (self.heldout_seed, self.heldout_seed + 2 * self.heldout_per_task + 10),
+        # Env seeds each set may use.
+        spans = {"labelled": seed_span(0, self.labelled_per_task),
+                 "video-only": seed_span(self.video_only_seed, self.video_only_per_task),
+                 "held-out": seed_span(self.heldout_seed, self.heldout_per_task),
                  "evaluation": (self.eval_seed, self.eval_seed + self.eval_episodes_per_task)}
         for (a, (a0, a1)), (b, (b0, b1)) in itertools.combinations(spans.items(), 2):
             if a0 < b1 and b0 < a1:
@@ -100,7 +112,15 @@ class VideoOnlyJobConfig:
 
     @property
     def task_list(self) -> list[str]:
-        return [t.strip() for t in self.tasks.split(",") if t.strip()]
+        return _names(self.tasks)
+
+    @property
+    def labelled_task_list(self) -> list[str]:
+        return self.task_list if self.labelled_tasks is None else _names(self.labelled_tasks)
+
+    @property
+    def video_only_task_list(self) -> list[str]:
+        return self.task_list if self.video_only_tasks is None else _names(self.video_only_tasks)
 
     def _check_vae_policy(self) -> None:
         """The fitted VAE's own preset and view size are what both arms train: a different --preset or
@@ -120,16 +140,36 @@ class VideoOnlyJobConfig:
         self.preset = preset
 
 
-def _record(cfg: VideoOnlyJobConfig, root: Path, marker: Path, n: int, seed: int, actions: bool) -> dict:
+def seed_span(first: int, n: int) -> tuple[int, int]:
+    """The env seeds a recording of ``n`` episodes per task may use: the recorder retries failed expert
+    episodes, at most 2n + 10 seeds per task."""
+    return first, first + 2 * n + 10
+
+
+def _names(tasks: str) -> list[str]:
+    return [t.strip() for t in tasks.split(",") if t.strip()]
+
+
+def _record(cfg: VideoOnlyJobConfig, root: Path, marker: Path, tasks: list[str], n: int, seed: int,
+            actions: bool) -> dict:
+    """Record ``n`` expert episodes of each of ``tasks`` (env seeds from ``seed``), or reuse a finished recording
+    of exactly that; a different one in ``out`` is refused, since the later stages were built from it."""
     from dreamzero_envs.record_metaworld import record_metaworld
 
-    if not (root / "meta" / "info.json").exists() or not marker.exists():
-        if root.exists():
-            shutil.rmtree(root)
-        s = record_metaworld(cfg.tasks, n, root, seed=seed, repo_id=f"local/{root.name}", image_size=cfg.image_size,
-                             episode_length=cfg.demo_episode_length, actions=actions)
-        marker.write_text(json.dumps({"episodes": s.episodes, "expert_failures_dropped": s.failed,
-                                      "frames": s.frames, "seeds": s.seeds, "actions": actions}))
+    if marker.exists() and (root / "meta" / "info.json").exists():
+        rec = json.loads(marker.read_text())
+        got = (rec["episodes"], min(s for ss in rec["seeds"].values() for s in ss), rec["actions"])
+        if got[0] != {t: n for t in tasks} or not seed <= got[1] < seed_span(seed, n)[1] or got[2] != actions:
+            raise ValueError(f"{root} holds a recording of {got[0]} (seeds from {got[1]}, actions={got[2]}), not "
+                             f"the {n} episodes of {tasks} (seeds from {seed}, actions={actions}) asked for: "
+                             "pass --fresh=true or another --out")
+        return rec
+    if root.exists():
+        shutil.rmtree(root)
+    s = record_metaworld(tasks, n, root, seed=seed, repo_id=f"local/{root.name}", image_size=cfg.image_size,
+                         episode_length=cfg.demo_episode_length, actions=actions)
+    marker.write_text(json.dumps({"episodes": s.episodes, "expert_failures_dropped": s.failed,
+                                  "frames": s.frames, "seeds": s.seeds, "actions": actions}))
     return json.loads(marker.read_text())
 
 
@@ -183,6 +223,8 @@ def save_loss_curves(runs: dict[str, list[dict]], path: Path, smooth: int = 25) 
 
 
 def run(cfg: VideoOnlyJobConfig) -> dict:
+    from lerobot.envs.metaworld import TASK_DESCRIPTIONS
+
     from eval.peers import eval_policy
 
     out = Path(cfg.out)
@@ -195,10 +237,11 @@ def run(cfg: VideoOnlyJobConfig) -> dict:
     labelled, video = out / "labelled", out / "video_only"
 
     with Stage(t, "record labelled demonstrations"):
-        labelled_rec = _record(cfg, labelled, out / "labelled.json", cfg.labelled_per_task, 0, actions=True)
+        labelled_rec = _record(cfg, labelled, out / "labelled.json", cfg.labelled_task_list, cfg.labelled_per_task,
+                               0, actions=True)
     with Stage(t, "record video-only episodes (actions dropped)"):
-        video_rec = _record(cfg, video, out / "video_only.json", cfg.video_only_per_task, cfg.video_only_seed,
-                            actions=False)
+        video_rec = _record(cfg, video, out / "video_only.json", cfg.video_only_task_list, cfg.video_only_per_task,
+                            cfg.video_only_seed, actions=False)
 
     pre = out / "precomputed"
     common = [
@@ -250,7 +293,8 @@ def run(cfg: VideoOnlyJobConfig) -> dict:
 
     heldout = out / "heldout"
     with Stage(t, "record held-out labelled episodes"):
-        heldout_rec = _record(cfg, heldout, out / "heldout.json", cfg.heldout_per_task, cfg.heldout_seed, actions=True)
+        heldout_rec = _record(cfg, heldout, out / "heldout.json", cfg.task_list, cfg.heldout_per_task,
+                              cfg.heldout_seed, actions=True)
     for arm in arms:
         record = out / f"heldout_loss_{arm}.json"
         with Stage(t, f"held-out losses: {ARMS[arm]}"):
@@ -259,7 +303,12 @@ def run(cfg: VideoOnlyJobConfig) -> dict:
 
                 record.write_text(json.dumps(heldout_losses(out / f"train_{arm}" / "pretrained_model", labelled,
                                                             heldout, cfg.num_chunks, cfg.anchor_stride, seed=cfg.seed)))
-        results[arm] |= json.loads(record.read_text())
+        held = json.loads(record.read_text())
+        held.pop("windows_per_instruction", None)
+        if (per := held.pop("action_loss_per_instruction", None)) is not None:  # keyed by task, as the table is
+            held["action_loss_per_task"] = {t: per[TASK_DESCRIPTIONS[t]] for t in cfg.task_list
+                                            if TASK_DESCRIPTIONS[t] in per}
+        results[arm] |= held
 
     seeds = [cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes_per_task - 1]
     summary = {
@@ -294,12 +343,16 @@ def format_table(summary: dict) -> str:
                      f"{r['first_video_loss']:.3f} → {r['final_video_loss']:.3f} | "
                      f"{r['first_action_loss']:.3f} → {r['final_action_loss']:.3f} | " + " | ".join(held)
                      + f" | {_secs(r['train_s'])} |")
-    k = sum(d["labelled"]["episodes"].values()) // len(tasks)
-    m = sum(d["video_only"]["episodes"].values()) // len(tasks)
+    per_task = {arm: r["action_loss_per_task"] for arm, r in summary["success_pct"].items()
+                if "action_loss_per_task" in r}
+    if per_task:
+        lines += ["", "| held-out action loss, per task | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+        lines += [f"| {ARMS[arm]} | " + " | ".join(f"{r.get(task, float('nan')):.3f}" for task in tasks) + " |"
+                  for arm, r in per_task.items()]
     lines += [
         "",
-        f"Data: {k} labelled expert episodes per task ({d['labelled']['frames']} frames) and {m} video-only "
-        f"episodes per task ({d['video_only']['frames']} frames, the same experts, no `action` feature).",
+        f"Data: {_episodes(d['labelled'], tasks, 'labelled expert')} and {_episodes(d['video_only'], tasks, 'video-only')}"
+        "; video-only: the same experts, no `action` feature.",
         f"Budget, both arms: {b['steps']} steps of batch {b['batch_size']} (same lr, seed and labelled windows); "
         f"the mixed arm draws {b['ratio']:.0%} of every batch from the video-only episodes. One frozen-encoder "
         f"pass over both datasets: {_secs(b['precompute_s'])} s.",
@@ -313,6 +366,13 @@ def format_table(summary: dict) -> str:
         "same timesteps and noise.",
     ]
     return "\n".join(lines)
+
+
+def _episodes(rec: dict, tasks: list[str], kind: str) -> str:
+    """"K <kind> episodes per task (F frames)", naming the tasks where the recording has not all of ``tasks``."""
+    k = sum(rec["episodes"].values()) // len(rec["episodes"])
+    which = "" if sorted(rec["episodes"]) == sorted(tasks) else " of " + ", ".join(rec["episodes"])
+    return f"{k} {kind} episodes per task{which} ({rec['frames']} frames)"
 
 
 def _count(rec: dict | None, n_tasks: int) -> str:

@@ -19,6 +19,7 @@ from lerobot.utils.constants import ACTION, OBS_STATE
 
 from dreamzero_envs.record import record
 from dreamzero_policy.configuration_dreamzero import DreamZeroJaxConfig
+from dreamzero_policy.modeling_dreamzero import DreamZeroJaxPolicy
 from dreamzero_policy.models.dit import CausalWanDiT
 from dreamzero_policy.models.presets import get_preset
 from dreamzero_policy.schedulers.flow_matching import FlowMatchSchedule
@@ -27,7 +28,8 @@ from dreamzero_policy.training.config import PrecomputeConfig, TrainConfig, Vide
 from dreamzero_policy.training.data import EpisodeTable, PositionSampler, dataset_stats
 from dreamzero_policy.training.loss import TrainBatch, teacher_forcing_loss
 from dreamzero_policy.training.mixing import MixedDataset, RatioSchedule
-from eval.video_only_job import VideoOnlyJobConfig, format_table, loss_summary, policy_start
+from eval.heldout_loss import heldout_losses
+from eval.video_only_job import VideoOnlyJobConfig, _record, format_table, loss_summary, policy_start
 
 B, F, H, W = 2, 5, 4, 4  # frame 0 + 2 blocks of 2 latent frames
 
@@ -264,7 +266,7 @@ def test_video_only_job_table_and_seed_guard() -> None:
     assert s["first_video_loss"] > s["final_video_loss"] and s["final_action_loss"] == pytest.approx(0.62625)
     arm = lambda pct: {"per_task": {"a": pct, "b": 0.0}, "overall": pct / 2, "train_s": 10.0, **s,
                        "heldout_video_loss": 0.25, "heldout_action_loss": 0.5, "heldout_video_loss_no_actions": 0.3,
-                       "heldout_action_loss_video_blind": 0.55}
+                       "heldout_action_loss_video_blind": 0.55, "action_loss_per_task": {"a": 0.4, "b": pct / 100}}
     summary = {"tasks": ["a", "b"], "success_pct": {"labelled": arm(20.0), "mixed": arm(40.0)},
                "budget": {"steps": 200, "batch_size": 16, "ratio": 0.5, "precompute_s": 5.0},
                "eval": {"episodes_per_task": 20, "seeds": [100000, 100019], "episode_length": 150},
@@ -275,12 +277,54 @@ def test_video_only_job_table_and_seed_guard() -> None:
     assert "| labelled only | 20 % | 0 % | **10 %** |" in table and "| labelled + video-only | 40 % |" in table
     assert "seeds 100000..100019" in table and "200 steps of batch 16" in table and "| 0.250 / 0.300 | 0.500 / 0.550 |" in table
     assert "3 unseen labelled episodes per task" in table and "VAE: the preset's randomly initialised" in table
+    assert "| labelled only | 0.400 | 0.200 |" in table and "| labelled + video-only | 0.400 | 0.400 |" in table
+    assert "4 labelled expert episodes per task (800 frames) and 25 video-only episodes per task (5000" in table
+    # the second arm: task b seen only as video-only episodes
+    split = summary | {"data": summary["data"] | {"labelled": {"episodes": {"a": 4}, "frames": 400},
+                                                  "video_only": {"episodes": {"b": 25}, "frames": 2500}}}
+    assert ("4 labelled expert episodes per task of a (400 frames) and 25 video-only episodes per task of b"
+            in format_table(split))
     assert "VAE: fitted, from /v/pretrained_model" in format_table(summary | {"config": {"vae_policy":
                                                                                          "/v/pretrained_model"}})
     with pytest.raises(ValueError, match="overlap"):
         VideoOnlyJobConfig(video_only_seed=5)
     with pytest.raises(ValueError, match="ratio"):
         VideoOnlyJobConfig(ratio=1.0)
+    second = VideoOnlyJobConfig(video_only_tasks="door-open-v3", labelled_tasks="button-press-v3,drawer-open-v3")
+    assert second.video_only_task_list == ["door-open-v3"] and len(second.task_list) == 3
+    assert VideoOnlyJobConfig().labelled_task_list == VideoOnlyJobConfig().task_list
+    with pytest.raises(ValueError, match="--video_only_tasks must name some of --tasks"):
+        VideoOnlyJobConfig(video_only_tasks="reach-v3")
+    with pytest.raises(ValueError, match="--labelled_tasks must name some of --tasks"):
+        VideoOnlyJobConfig(labelled_tasks=",")
+
+
+def test_video_only_job_refuses_a_recording_it_was_not_asked_for(tmp_path) -> None:
+    """A rerun into an `out` recorded with other tasks, counts, seeds or actions stops, instead of training on
+    it (or re-recording under the stages built from it)."""
+    root, marker = tmp_path / "labelled", tmp_path / "labelled.json"
+    (root / "meta").mkdir(parents=True)
+    (root / "meta" / "info.json").write_text("{}")
+    marker.write_text(json.dumps({"episodes": {"a": 2, "b": 2}, "seeds": {"a": [0, 1], "b": [0, 2]}, "actions": True,
+                                  "frames": 400}))
+    cfg = VideoOnlyJobConfig()
+    assert _record(cfg, root, marker, ["b", "a"], 2, 0, actions=True)["frames"] == 400  # reused as it is
+    for tasks, n, seed, actions in ((["a"], 2, 0, True), (["a", "b"], 3, 0, True), (["a", "b"], 2, 10_000, True),
+                                    (["a", "b"], 2, 0, False)):
+        with pytest.raises(ValueError, match="pass --fresh=true or another --out"):
+            _record(cfg, root, marker, tasks, n, seed, actions=actions)
+
+
+def test_heldout_action_loss_per_instruction_adds_up_to_the_whole(data, tmp_path) -> None:
+    """Each instruction's action loss is its windows' share of the whole: masking the other windows' actions
+    changes none of its predictions or draws (the weighted mean equals the loss over every window)."""
+    cfg = _cfg(data, video=None)
+    DreamZeroJaxPolicy(cfg.policy).save_pretrained(tmp_path)
+    out = heldout_losses(tmp_path, data["labelled"], data["flagged"], num_chunks=2, anchor_stride=1, batch_size=3)
+    per, n = out["action_loss_per_instruction"], out["windows_per_instruction"]
+    assert len(per) >= 2 and sum(n.values()) == out["windows"] and len(set(per.values())) == len(per)
+    whole = sum(per[t] * n[t] for t in per) / out["windows"]
+    assert whole == pytest.approx(out["heldout_action_loss"], rel=1e-5)
 
 
 def test_video_only_job_starts_both_arms_from_a_fitted_vae_when_given(tmp_path) -> None:
