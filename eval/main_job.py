@@ -101,7 +101,12 @@ class MetaworldJobConfig:
 
     @property
     def task_list(self) -> list[str]:
-        return [t.strip() for t in self.tasks.split(",") if t.strip()]
+        return task_names(self.tasks)
+
+
+def task_names(tasks: str) -> list[str]:
+    """A comma list of task names -> the names (blanks dropped)."""
+    return [t.strip() for t in tasks.split(",") if t.strip()]
 
 
 def _has_checkpoint(run_dir: Path) -> bool:

@@ -32,13 +32,14 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import draccus
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering for the in-process recording
 
 from eval.job_steps import SecondsLedger, Stage, console_script, subprocess_env
-from eval.main_job import DEFAULT_TASKS
+from eval.main_job import DEFAULT_TASKS, task_names
 
 ARMS = {"labelled": "labelled only", "mixed": "labelled + video-only"}
 HELDOUT_KEYS = ("heldout_video_loss", "heldout_video_loss_no_actions", "heldout_action_loss",
@@ -101,10 +102,8 @@ class VideoOnlyJobConfig:
         if not 0.0 < self.ratio < 1.0:
             raise ValueError(f"--ratio must be in (0, 1), got {self.ratio}")
         # Env seeds each set may use.
-        spans = {"labelled": seed_span(0, self.labelled_per_task),
-                 "video-only": seed_span(self.video_only_seed, self.video_only_per_task),
-                 "held-out": seed_span(self.heldout_seed, self.heldout_per_task),
-                 "evaluation": (self.eval_seed, self.eval_seed + self.eval_episodes_per_task)}
+        spans = {name: r.seeds for name, r in recordings(self).items()}
+        spans["evaluation"] = (self.eval_seed, self.eval_seed + self.eval_episodes_per_task)
         for (a, (a0, a1)), (b, (b0, b1)) in itertools.combinations(spans.items(), 2):
             if a0 < b1 and b0 < a1:
                 raise ValueError(f"the {a} seeds [{a0}, {a1}) overlap the {b} seeds [{b0}, {b1}): move "
@@ -112,15 +111,15 @@ class VideoOnlyJobConfig:
 
     @property
     def task_list(self) -> list[str]:
-        return _names(self.tasks)
+        return task_names(self.tasks)
 
     @property
     def labelled_task_list(self) -> list[str]:
-        return self.task_list if self.labelled_tasks is None else _names(self.labelled_tasks)
+        return self.task_list if self.labelled_tasks is None else task_names(self.labelled_tasks)
 
     @property
     def video_only_task_list(self) -> list[str]:
-        return self.task_list if self.video_only_tasks is None else _names(self.video_only_tasks)
+        return self.task_list if self.video_only_tasks is None else task_names(self.video_only_tasks)
 
     def _check_vae_policy(self) -> None:
         """The fitted VAE's own preset and view size are what both arms train: a different --preset or
@@ -140,36 +139,48 @@ class VideoOnlyJobConfig:
         self.preset = preset
 
 
-def seed_span(first: int, n: int) -> tuple[int, int]:
-    """The env seeds a recording of ``n`` episodes per task may use: the recorder retries failed expert
-    episodes, at most 2n + 10 seeds per task."""
-    return first, first + 2 * n + 10
+class Recording(NamedTuple):
+    """One recorded set: ``per_task`` expert episodes of each of ``tasks``, env seeds from ``first_seed``."""
+
+    tasks: list[str]
+    per_task: int
+    first_seed: int
+    actions: bool
+
+    @property
+    def seeds(self) -> tuple[int, int]:
+        """The env seeds it may use: the recorder retries failed expert episodes, at most 2n + 10 per task."""
+        return self.first_seed, self.first_seed + 2 * self.per_task + 10
 
 
-def _names(tasks: str) -> list[str]:
-    return [t.strip() for t in tasks.split(",") if t.strip()]
+def recordings(cfg: VideoOnlyJobConfig) -> dict[str, Recording]:
+    """The job's three recordings by directory name: what is recorded, and what the seed guard checks."""
+    return {"labelled": Recording(cfg.labelled_task_list, cfg.labelled_per_task, 0, True),
+            "video_only": Recording(cfg.video_only_task_list, cfg.video_only_per_task, cfg.video_only_seed, False),
+            "heldout": Recording(cfg.task_list, cfg.heldout_per_task, cfg.heldout_seed, True)}
 
 
-def _record(cfg: VideoOnlyJobConfig, root: Path, marker: Path, tasks: list[str], n: int, seed: int,
-            actions: bool) -> dict:
-    """Record ``n`` expert episodes of each of ``tasks`` (env seeds from ``seed``), or reuse a finished recording
-    of exactly that; a different one in ``out`` is refused, since the later stages were built from it."""
+def _record(cfg: VideoOnlyJobConfig, out: Path, name: str) -> dict:
+    """Record ``recordings(cfg)[name]`` into ``out/name``, or reuse a finished recording of exactly that; a
+    different one in ``out`` is refused, since the later stages were built from it."""
     from dreamzero_envs.record_metaworld import record_metaworld
 
+    want, root, marker = recordings(cfg)[name], out / name, out / f"{name}.json"
     if marker.exists() and (root / "meta" / "info.json").exists():
         rec = json.loads(marker.read_text())
-        got = (rec["episodes"], min(s for ss in rec["seeds"].values() for s in ss), rec["actions"])
-        if got[0] != {t: n for t in tasks} or not seed <= got[1] < seed_span(seed, n)[1] or got[2] != actions:
-            raise ValueError(f"{root} holds a recording of {got[0]} (seeds from {got[1]}, actions={got[2]}), not "
-                             f"the {n} episodes of {tasks} (seeds from {seed}, actions={actions}) asked for: "
-                             "pass --fresh=true or another --out")
+        first = min(s for task_seeds in rec["seeds"].values() for s in task_seeds)
+        if (rec["episodes"] != dict.fromkeys(want.tasks, want.per_task) or rec["actions"] != want.actions
+                or not want.seeds[0] <= first < want.seeds[1]):
+            raise ValueError(f"{root} holds a recording of {rec['episodes']} (seeds from {first}, actions="
+                             f"{rec['actions']}), not the {want.per_task} episodes of {want.tasks} (seeds from "
+                             f"{want.first_seed}, actions={want.actions}) asked for: pass --fresh=true or another --out")
         return rec
     if root.exists():
         shutil.rmtree(root)
-    s = record_metaworld(tasks, n, root, seed=seed, repo_id=f"local/{root.name}", image_size=cfg.image_size,
-                         episode_length=cfg.demo_episode_length, actions=actions)
+    s = record_metaworld(want.tasks, want.per_task, root, seed=want.first_seed, repo_id=f"local/{name}",
+                         image_size=cfg.image_size, episode_length=cfg.demo_episode_length, actions=want.actions)
     marker.write_text(json.dumps({"episodes": s.episodes, "expert_failures_dropped": s.failed,
-                                  "frames": s.frames, "seeds": s.seeds, "actions": actions}))
+                                  "frames": s.frames, "seeds": s.seeds, "actions": want.actions}))
     return json.loads(marker.read_text())
 
 
@@ -237,11 +248,9 @@ def run(cfg: VideoOnlyJobConfig) -> dict:
     labelled, video = out / "labelled", out / "video_only"
 
     with Stage(t, "record labelled demonstrations"):
-        labelled_rec = _record(cfg, labelled, out / "labelled.json", cfg.labelled_task_list, cfg.labelled_per_task,
-                               0, actions=True)
+        labelled_rec = _record(cfg, out, "labelled")
     with Stage(t, "record video-only episodes (actions dropped)"):
-        video_rec = _record(cfg, video, out / "video_only.json", cfg.video_only_task_list, cfg.video_only_per_task,
-                            cfg.video_only_seed, actions=False)
+        video_rec = _record(cfg, out, "video_only")
 
     pre = out / "precomputed"
     common = [
@@ -293,8 +302,7 @@ def run(cfg: VideoOnlyJobConfig) -> dict:
 
     heldout = out / "heldout"
     with Stage(t, "record held-out labelled episodes"):
-        heldout_rec = _record(cfg, heldout, out / "heldout.json", cfg.task_list, cfg.heldout_per_task,
-                              cfg.heldout_seed, actions=True)
+        heldout_rec = _record(cfg, out, "heldout")
     for arm in arms:
         record = out / f"heldout_loss_{arm}.json"
         with Stage(t, f"held-out losses: {ARMS[arm]}"):

@@ -29,7 +29,15 @@ from dreamzero_policy.training.data import EpisodeTable, PositionSampler, datase
 from dreamzero_policy.training.loss import TrainBatch, teacher_forcing_loss
 from dreamzero_policy.training.mixing import MixedDataset, RatioSchedule
 from eval.heldout_loss import heldout_losses
-from eval.video_only_job import VideoOnlyJobConfig, _record, format_table, loss_summary, policy_start
+from eval.video_only_job import (
+    Recording,
+    VideoOnlyJobConfig,
+    _record,
+    format_table,
+    loss_summary,
+    policy_start,
+    recordings,
+)
 
 B, F, H, W = 2, 5, 4, 4  # frame 0 + 2 blocks of 2 latent frames
 
@@ -290,9 +298,12 @@ def test_video_only_job_table_and_seed_guard() -> None:
         VideoOnlyJobConfig(video_only_seed=5)
     with pytest.raises(ValueError, match="ratio"):
         VideoOnlyJobConfig(ratio=1.0)
-    second = VideoOnlyJobConfig(video_only_tasks="door-open-v3", labelled_tasks="button-press-v3,drawer-open-v3")
-    assert second.video_only_task_list == ["door-open-v3"] and len(second.task_list) == 3
-    assert VideoOnlyJobConfig().labelled_task_list == VideoOnlyJobConfig().task_list
+    second = recordings(VideoOnlyJobConfig(video_only_tasks="door-open-v3",
+                                           labelled_tasks="button-press-v3,drawer-open-v3"))
+    assert second["labelled"] == Recording(["button-press-v3", "drawer-open-v3"], 2, 0, True)
+    assert second["video_only"] == Recording(["door-open-v3"], 25, 10_000, False)
+    assert second["heldout"].tasks == ["button-press-v3", "drawer-open-v3", "door-open-v3"]
+    assert recordings(VideoOnlyJobConfig())["video_only"].tasks == VideoOnlyJobConfig().task_list
     with pytest.raises(ValueError, match="--video_only_tasks must name some of --tasks"):
         VideoOnlyJobConfig(video_only_tasks="reach-v3")
     with pytest.raises(ValueError, match="--labelled_tasks must name some of --tasks"):
@@ -302,17 +313,18 @@ def test_video_only_job_table_and_seed_guard() -> None:
 def test_video_only_job_refuses_a_recording_it_was_not_asked_for(tmp_path) -> None:
     """A rerun into an `out` recorded with other tasks, counts, seeds or actions stops, instead of training on
     it (or re-recording under the stages built from it)."""
-    root, marker = tmp_path / "labelled", tmp_path / "labelled.json"
-    (root / "meta").mkdir(parents=True)
-    (root / "meta" / "info.json").write_text("{}")
-    marker.write_text(json.dumps({"episodes": {"a": 2, "b": 2}, "seeds": {"a": [0, 1], "b": [0, 2]}, "actions": True,
-                                  "frames": 400}))
-    cfg = VideoOnlyJobConfig()
-    assert _record(cfg, root, marker, ["b", "a"], 2, 0, actions=True)["frames"] == 400  # reused as it is
-    for tasks, n, seed, actions in ((["a"], 2, 0, True), (["a", "b"], 3, 0, True), (["a", "b"], 2, 10_000, True),
-                                    (["a", "b"], 2, 0, False)):
+    (tmp_path / "labelled" / "meta").mkdir(parents=True)
+    (tmp_path / "labelled" / "meta" / "info.json").write_text("{}")
+    marker = {"episodes": {"a": 2, "b": 2}, "seeds": {"a": [0, 1], "b": [0, 2]}, "actions": True, "frames": 400}
+    (tmp_path / "labelled.json").write_text(json.dumps(marker))
+    assert _record(VideoOnlyJobConfig(tasks="b,a"), tmp_path, "labelled")["frames"] == 400  # reused as it is
+    for kw in (dict(tasks="a"), dict(tasks="a,b", labelled_tasks="a"), dict(tasks="a,b", labelled_per_task=3)):
         with pytest.raises(ValueError, match="pass --fresh=true or another --out"):
-            _record(cfg, root, marker, tasks, n, seed, actions=actions)
+            _record(VideoOnlyJobConfig(**kw), tmp_path, "labelled")
+    for change in ({"seeds": {"a": [40, 41], "b": [40, 41]}}, {"actions": False}):
+        (tmp_path / "labelled.json").write_text(json.dumps(marker | change))
+        with pytest.raises(ValueError, match="pass --fresh=true or another --out"):
+            _record(VideoOnlyJobConfig(tasks="a,b"), tmp_path, "labelled")
 
 
 def test_heldout_action_loss_per_instruction_adds_up_to_the_whole(data, tmp_path) -> None:
